@@ -56,7 +56,11 @@ impl Effect {
         }
     }
 
-    pub fn emit_to_client(client: impl Into<String>, event: impl Into<String>, payload: Value) -> Effect {
+    pub fn emit_to_client(
+        client: impl Into<String>,
+        event: impl Into<String>,
+        payload: Value,
+    ) -> Effect {
         Effect::Emit {
             to: EmitTarget::Client(client.into()),
             event: event.into(),

@@ -5,6 +5,7 @@
 //! token, a JSON-lines file position), so effects keyed by it are idempotent.
 
 use crate::value::{Map, Value};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,7 +23,9 @@ pub struct Event {
 
 /// The payload of an event: `{"kind": "change", "data": {...}}` on the wire
 /// (adjacently tagged, tag first, so decoding never buffers the document twice).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Deserialize is written by hand: serde's derived `#[serde(other)]` rejects an
+/// unknown kind that carries `data`, which is exactly what a newer host sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventBody {
@@ -30,9 +33,99 @@ pub enum EventBody {
     Change(Change),
     /// An event a connected Socket.IO client sent.
     Socket(SocketEvent),
-    /// A kind this SDK does not know (sent by a newer host).
-    #[serde(other)]
+    /// A kind this SDK does not know (sent by a newer host); its data is skipped.
     Other,
+}
+
+impl<'de> Deserialize<'de> for EventBody {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("EventBody", &["kind", "data"], BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl BodyVisitor {
+    /// Reads `data` for a known `kind` (unknown kinds skip it).
+    fn data<'de, A: MapAccess<'de>>(kind: &str, map: &mut A) -> Result<EventBody, A::Error> {
+        Ok(match kind {
+            "change" => EventBody::Change(map.next_value()?),
+            "socket" => EventBody::Socket(map.next_value()?),
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+                EventBody::Other
+            }
+        })
+    }
+
+    /// `data` came before `kind` (hand-written JSON): decode the buffered value.
+    fn buffered<E: de::Error>(kind: &str, data: Value) -> Result<EventBody, E> {
+        fn again<T: serde::de::DeserializeOwned, E: de::Error>(v: &Value) -> Result<T, E> {
+            let bytes = crate::codec::encode(v).map_err(E::custom)?;
+            crate::codec::decode(&bytes).map_err(E::custom)
+        }
+        Ok(match kind {
+            "change" => EventBody::Change(again(&data)?),
+            "socket" => EventBody::Socket(again(&data)?),
+            _ => EventBody::Other,
+        })
+    }
+
+    fn missing_data<E: de::Error>(kind: &str) -> Result<EventBody, E> {
+        match kind {
+            "change" | "socket" => Err(E::missing_field("data")),
+            _ => Ok(EventBody::Other),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = EventBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#"an event body {"kind": ..., "data": ...}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventBody, A::Error> {
+        let mut kind: Option<String> = None;
+        let mut body: Option<EventBody> = None;
+        let mut early_data: Option<Value> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match (key.as_str(), &kind) {
+                ("kind", None) => kind = Some(map.next_value()?),
+                ("kind", Some(_)) => return Err(de::Error::duplicate_field("kind")),
+                ("data", _) if body.is_some() || early_data.is_some() => {
+                    return Err(de::Error::duplicate_field("data"))
+                }
+                ("data", Some(k)) => body = Some(Self::data(k, &mut map)?),
+                ("data", None) => early_data = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+        match (body, early_data) {
+            (Some(b), _) => Ok(b),
+            (None, Some(data)) => Self::buffered(&kind, data),
+            (None, None) => Self::missing_data(&kind),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventBody, A::Error> {
+        let kind: String = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        let body = match kind.as_str() {
+            "change" => seq.next_element()?.map(EventBody::Change),
+            "socket" => seq.next_element()?.map(EventBody::Socket),
+            _ => seq.next_element::<IgnoredAny>()?.map(|_| EventBody::Other),
+        };
+        match body {
+            Some(b) => Ok(b),
+            None => Self::missing_data(&kind),
+        }
+    }
 }
 
 /// One change from a change stream (or from the polling fallback).
