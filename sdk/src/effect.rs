@@ -56,11 +56,7 @@ impl Effect {
         }
     }
 
-    pub fn emit_to_client(
-        client: impl Into<String>,
-        event: impl Into<String>,
-        payload: Value,
-    ) -> Effect {
+    pub fn emit_to_client(client: impl Into<String>, event: impl Into<String>, payload: Value) -> Effect {
         Effect::Emit {
             to: EmitTarget::Client(client.into()),
             event: event.into(),

@@ -44,12 +44,7 @@ pub fn alloc(len: u32) -> u32 {
 fn take_input(ptr: u32, len: u32) -> Box<[u8]> {
     // SAFETY: `ptr`/`len` are exactly what `alloc` returned for this call (the ABI
     // contract), so this reclaims that boxed slice once.
-    unsafe {
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-            ptr as *mut u8,
-            len as usize,
-        ))
-    }
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr as *mut u8, len as usize)) }
 }
 
 fn reply(r: &Reply) -> u64 {
@@ -99,9 +94,7 @@ pub fn init(ptr: u32, len: u32, f: fn(&Value) -> crate::Result<()>) -> u64 {
         }
     };
     match f(&config) {
-        Ok(()) => reply(&Reply::Ok {
-            effects: Vec::new(),
-        }),
+        Ok(()) => reply(&Reply::Ok { effects: Vec::new() }),
         Err(e) => reply(&Reply::Err { message: e.0 }),
     }
 }

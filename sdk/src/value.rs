@@ -312,9 +312,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::String(s))
     }
     fn visit_bytes<E>(self, b: &[u8]) -> Result<Value, E> {
-        Ok(Value::Array(
-            b.iter().map(|x| Value::Int(*x as i64)).collect(),
-        ))
+        Ok(Value::Array(b.iter().map(|x| Value::Int(*x as i64)).collect()))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
