@@ -1,0 +1,30 @@
+//! Test plugin `versioned-a`: version "a" of a plugin that tests hot-reload.
+//!
+//! Each event becomes an audit record `{"version": "a", "seq", "id"}`; swapping
+//! this module for its sibling shows which version saw each event.
+
+use oplet_sdk::{handler, Effect, Event, Result};
+
+#[path = "../../versioned.rs"]
+mod versioned;
+
+pub const VERSION: &str = "a";
+
+#[handler]
+pub fn handle(event: &Event) -> Result<Vec<Effect>> {
+    Ok(versioned::record(VERSION, event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oplet_sdk::{EventBody, Value};
+
+    #[test]
+    fn the_record_names_version_a() {
+        let e = Event { seq: 9, id: "9".into(), source: "s".into(), time_ms: 0, body: EventBody::Other };
+        let Effect::Audit { record } = &handle(&e).unwrap()[0] else { panic!() };
+        assert_eq!(record.get("version"), Some(&Value::from("a")));
+        assert_eq!(record.get("seq"), Some(&Value::Int(9)));
+    }
+}
