@@ -57,6 +57,10 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
                 ::oplet_sdk::guest::handle(ptr, len, {name})
             }}
         }};
+        // Natively (unit tests) there are no exports: still check the signature
+        // and count the function as used.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn(&::oplet_sdk::Event) -> ::oplet_sdk::Result<::std::vec::Vec<::oplet_sdk::Effect>> = {name};
         "#
     );
     with_exports(item, exports)
@@ -83,6 +87,8 @@ pub fn init(attr: TokenStream, item: TokenStream) -> TokenStream {
                 ::oplet_sdk::guest::init(ptr, len, {name})
             }}
         }};
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn(&::oplet_sdk::Value) -> ::oplet_sdk::Result<()> = {name};
         "#
     );
     with_exports(item, exports)
