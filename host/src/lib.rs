@@ -1,1 +1,17 @@
+//! Oplet host: sources produce events, the router hands them to plugins, plugins
+//! return effects, executors apply them, and checkpoints move only after that.
+//!
+//! Modules follow the path an event takes: `source` → `router` → `runtime` →
+//! `effect` → `checkpoint`. `config` and `manifest` describe the host and plugins.
 
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod deadletter;
+pub mod effect;
+pub mod envelope;
+pub mod host;
+pub mod manifest;
+pub mod router;
+pub mod runtime;
+pub mod source;

@@ -1,0 +1,223 @@
+//! Checkpoints: a source position is saved only once every event up to it is done.
+//!
+//! Each event carries a `Ticket`. Whoever still has work for the event (a plugin
+//! worker, an effect batch waiting for its fsync or commit) holds a clone; when
+//! the last clone is dropped the event is done. The `Tracker` turns done events,
+//! which finish out of order, into a contiguous watermark, and `run_saver` writes
+//! the position of the watermark's event to a `CheckpointStore` now and then.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// A source's opaque position: a resume token, a line number.
+pub type Position = serde_json::Value;
+
+pub struct Tracker {
+    source: String,
+    state: Mutex<TrackerState>,
+    changed: Notify,
+}
+
+struct TrackerState {
+    /// Lowest sequence number not yet done.
+    next: u64,
+    done: BTreeMap<u64, Option<Position>>,
+    /// Position of the last event below the watermark that carried one.
+    position: Option<Position>,
+    /// Bumped each time `position` changes, so the saver knows what it wrote.
+    version: u64,
+    /// Events completed in total (for stats and tests).
+    completed: u64,
+}
+
+impl Tracker {
+    /// `first_seq`: the sequence number the source will give its first event.
+    pub fn new(source: &str, first_seq: u64, position: Option<Position>) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            source: source.to_string(),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0 }),
+            changed: Notify::new(),
+        })
+    }
+
+    /// A ticket for event `seq`; `position` is where to resume after it.
+    pub fn ticket(self: &Arc<Self>, seq: u64, position: Option<Position>) -> Ticket {
+        Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position }))
+    }
+
+    fn done(&self, seq: u64, position: Option<Position>) {
+        let mut st = self.state.lock().expect("tracker lock");
+        st.completed += 1;
+        st.done.insert(seq, position);
+        let mut moved = false;
+        loop {
+            let next = st.next;
+            match st.done.remove(&next) {
+                Some(p) => {
+                    if p.is_some() {
+                        st.position = p;
+                        moved = true;
+                    }
+                    st.next += 1;
+                }
+                None => break,
+            }
+        }
+        if moved {
+            st.version += 1;
+            drop(st);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The position to resume from, and its version.
+    pub fn position(&self) -> (Option<Position>, u64) {
+        let st = self.state.lock().expect("tracker lock");
+        (st.position.clone(), st.version)
+    }
+
+    /// Lowest sequence number not yet done.
+    pub fn watermark(&self) -> u64 {
+        self.state.lock().expect("tracker lock").next
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.state.lock().expect("tracker lock").completed
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// Proof that an event still has work pending. Clone it for each holder; the
+/// event is done when the last clone is dropped.
+#[derive(Clone)]
+pub struct Ticket(Arc<TicketInner>);
+
+impl Ticket {
+    pub fn seq(&self) -> u64 {
+        self.0.seq
+    }
+}
+
+struct TicketInner {
+    tracker: Arc<Tracker>,
+    seq: u64,
+    position: Option<Position>,
+}
+
+impl Drop for TicketInner {
+    fn drop(&mut self) {
+        // A panic unwinding through a worker would otherwise mark its event done;
+        // the host aborts on panic (see cli), so a drop here always means done.
+        self.tracker.done(self.seq, self.position.take());
+    }
+}
+
+/// Where positions are kept: one small JSON file per source in the state folder,
+/// replaced atomically (write, fsync, rename).
+#[derive(Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+}
+
+impl CheckpointStore {
+    pub fn new(dir: &Path) -> anyhow::Result<CheckpointStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create checkpoint folder {}: {e}", dir.display()))?;
+        Ok(CheckpointStore { dir: dir.to_path_buf() })
+    }
+
+    fn path(&self, source: &str) -> PathBuf {
+        self.dir.join(format!("{source}.json"))
+    }
+
+    pub fn load(&self, source: &str) -> anyhow::Result<Option<Position>> {
+        let path = self.path(source);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("checkpoint {} is unreadable: {e}; delete it to start over from the source's policy", path.display())
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("cannot read checkpoint {}: {e}", path.display())),
+        }
+    }
+
+    pub fn save(&self, source: &str, position: &Position) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.path(source);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(position).expect("json value serializes"))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+/// Saves the tracker's position whenever it moves, at most once per `interval`,
+/// until `stop` turns true; then saves a last time.
+pub async fn run_saver(tracker: Arc<Tracker>, store: CheckpointStore, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut saved = 0u64;
+    loop {
+        let stopping = *stop.borrow() || tokio::select! {
+            _ = tracker.changed.notified() => false,
+            _ = stop.changed() => true,
+        };
+        if !stopping {
+            tokio::time::sleep(interval).await;
+        }
+        let (pos, version) = tracker.position();
+        if version != saved {
+            if let Some(p) = pos {
+                let (store, source) = (store.clone(), tracker.source.clone());
+                let res = tokio::task::spawn_blocking(move || store.save(&source, &p)).await;
+                match res {
+                    Ok(Ok(())) => saved = version,
+                    Ok(Err(e)) => tracing::error!(source = %tracker.source, "cannot save checkpoint: {e}; will retry"),
+                    Err(e) => tracing::error!("checkpoint task failed: {e}"),
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_watermark_waits_for_the_oldest_event() {
+        let t = Tracker::new("s", 1, None);
+        let a = t.ticket(1, Some(json!(1)));
+        let b = t.ticket(2, Some(json!(2)));
+        let c = t.ticket(3, Some(json!(3)));
+        drop(c);
+        drop(b);
+        assert_eq!(t.position().0, None, "event 1 is still pending");
+        let a2 = a.clone();
+        drop(a);
+        assert_eq!(t.watermark(), 1, "a clone still holds event 1");
+        drop(a2);
+        assert_eq!(t.position().0, Some(json!(3)));
+        assert_eq!(t.watermark(), 4);
+    }
+
+    #[test]
+    fn a_saved_position_reads_back() {
+        let dir = std::env::temp_dir().join(format!("oplet-ckpt-{}", std::process::id()));
+        let store = CheckpointStore::new(&dir).unwrap();
+        assert_eq!(store.load("m").unwrap(), None);
+        store.save("m", &json!({"token": "abc"})).unwrap();
+        assert_eq!(store.load("m").unwrap(), Some(json!({"token": "abc"})));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

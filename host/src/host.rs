@@ -1,0 +1,138 @@
+//! `oplet run`: wires config, runtime, plugin folder, router, executors and
+//! sources together, and shuts them down in the order that loses nothing:
+//! sources stop, the router drains, workers drain, executors flush, and the
+//! checkpoints are saved last.
+
+use crate::checkpoint::{run_saver, CheckpointStore, Tracker};
+use crate::config::{Config, SourceConfig};
+use crate::deadletter::DeadLetters;
+use crate::effect::{audit::AuditHandle, Effects};
+use crate::router::{dispatch, Registry, WorkerContext};
+use crate::runtime::reload::PluginDir;
+use crate::runtime::Runtime;
+use crate::source::{self, SourceContext};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// How `run` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every source reached its end (a JSON-lines file without `follow`).
+    SourcesDone,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// A plugin failed and `on_plugin_error = "halt"`.
+    Halted,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<Outcome> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    if !config.plugins.dir.is_dir() {
+        anyhow::bail!(
+            "plugin folder {} does not exist; create it or set [plugins] dir (OPLET__PLUGINS__DIR)",
+            config.plugins.dir.display()
+        );
+    }
+    let cache = config.plugins.cache.then(|| config.state_dir.join("cache"));
+    let runtime = Arc::new(Runtime::new(cache)?);
+    let dead = Arc::new(DeadLetters::open(&config.state_dir.join("dead-letters.jsonl"))?);
+    let audit = AuditHandle::start(&config.audit_path(), config.audit.batch_max, config.audit.batch_ms, config.delivery.queue, dead.clone())?;
+    let effects = Arc::new(Effects::new(Some(audit), dead.clone()));
+    let halt = Arc::new(Notify::new());
+    let ctx = Arc::new(WorkerContext { effects: effects.clone(), dead: dead.clone(), delivery: config.delivery.clone(), halt: halt.clone() });
+    let registry = Registry::new(ctx);
+
+    let mut dir = PluginDir::new(runtime.clone(), config.clone(), registry.clone());
+    dir.scan();
+    let names: Vec<String> = registry.snapshot().iter().map(|w| w.name.clone()).collect();
+    tracing::info!(dir = %config.plugins.dir.display(), "{} plugin(s) loaded: {}", names.len(), names.join(", "));
+    let _watch = if config.plugins.watch { Some(dir.watch()?) } else { None };
+
+    let (tx, rx) = mpsc::channel(config.delivery.queue);
+    let dispatcher = tokio::spawn(dispatch(rx, registry.clone()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let store = CheckpointStore::new(&config.state_dir.join("checkpoints"))?;
+    let (saver_stop, saver_stop_rx) = watch::channel(false);
+    let mut savers = Vec::new();
+    let mut sources = tokio::task::JoinSet::new();
+    for sc in &config.sources {
+        let resume = store.load(sc.name())?;
+        let tracker = match sc {
+            SourceConfig::Jsonl(_) => {
+                let first = resume.as_ref().and_then(|p| p.as_u64()).unwrap_or(0) + 1;
+                Tracker::new(sc.name(), first, resume.clone())
+            }
+        };
+        let interval = Duration::from_millis(config.delivery.checkpoint_interval_ms);
+        savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), interval, saver_stop_rx.clone())));
+        let sctx = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
+        let name = sc.name().to_string();
+        match sc.clone() {
+            SourceConfig::Jsonl(c) => {
+                let d = dead.clone();
+                sources.spawn(async move { (name, source::jsonl::run(c, sctx, d).await) });
+            }
+        }
+    }
+    drop(tx);
+    if config.sources.is_empty() {
+        tracing::warn!("no [[source]] configured: nothing will arrive; waiting for a signal");
+    }
+
+    let outcome = loop {
+        tokio::select! {
+            done = sources.join_next(), if !sources.is_empty() => {
+                match done {
+                    Some(Ok((name, Ok(())))) => tracing::info!(source = %name, "source finished"),
+                    Some(Ok((name, Err(e)))) => tracing::error!(source = %name, "source stopped: {e:#}"),
+                    Some(Err(e)) => tracing::error!("source task failed: {e}"),
+                    None => {}
+                }
+                if sources.is_empty() {
+                    break Outcome::SourcesDone;
+                }
+            }
+            _ = shutdown_signal() => break Outcome::Signal,
+            _ = halt.notified() => break Outcome::Halted,
+        }
+    };
+    tracing::info!("shutting down ({outcome:?}): draining events in flight");
+    let _ = shutdown_tx.send(true);
+    while let Some(r) = sources.join_next().await {
+        if let Ok((name, Err(e))) = r {
+            tracing::error!(source = %name, "source stopped: {e:#}");
+        }
+    }
+    let _ = dispatcher.await;
+    drop(_watch);
+    let reg = registry.clone();
+    tokio::task::spawn_blocking(move || reg.shutdown()).await?;
+    drop(registry);
+    effects.shutdown().await;
+    let _ = saver_stop.send(true);
+    for s in savers {
+        let _ = s.await;
+    }
+    if dead.count() > 0 {
+        tracing::warn!(path = %dead.path().display(), "{} event(s) were dead-lettered in this run", dead.count());
+    }
+    tracing::info!("stopped");
+    Ok(outcome)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,230 @@
+//! Plugin manifests: `NAME.toml` beside `NAME.wasm`.
+//!
+//! A manifest names the plugin, says which events it subscribes to, which
+//! capabilities it asks for, its limits and its config. Unknown keys are errors
+//! (a typo must not silently widen or narrow a subscription).
+
+use oplet_sdk::{Event, EventBody, OperationType, Value};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default = "default_version")]
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// What the plugin receives; an empty list receives nothing.
+    #[serde(default)]
+    pub subscribe: Vec<Subscription>,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    /// Passed to the plugin's `oplet_init` as a map.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_version() -> String {
+    "0.0.0".into()
+}
+
+/// One subscription: every listed criterion must match (an omitted one matches all).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// `change` (database changes) or `socket` (client events).
+    #[serde(default)]
+    pub kind: SubscriptionKind,
+    /// Source names from the host config; omitted = every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// `db.coll`, `db.*` or `*`; omitted = every namespace. Changes only.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Operation types (`insert`, `update`, `replace`, `delete`, ...); omitted = all.
+    #[serde(default)]
+    pub operations: Vec<String>,
+    /// Socket.IO event names; omitted = all. Socket events only.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionKind {
+    #[default]
+    Change,
+    Socket,
+}
+
+/// What a plugin asks to be allowed to do. The host config decides what it gets.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Cache key prefixes it may delete (`user:`); `""` would mean every key.
+    #[serde(default)]
+    pub cache_prefixes: Vec<String>,
+    /// PostgreSQL tables it may upsert into and delete from.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Whether it may append audit records.
+    #[serde(default)]
+    pub audit: bool,
+    /// Socket.IO event names it may emit.
+    #[serde(default)]
+    pub emit: Vec<String>,
+}
+
+/// Per-call limits a plugin asks for; the host clamps them to its ceilings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub time_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub reply_kb: Option<u64>,
+}
+
+impl Manifest {
+    pub fn from_toml(text: &str, path: &Path) -> anyhow::Result<Manifest> {
+        let m: Manifest = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!("manifest {} is invalid: {}", path.display(), e.message().trim())
+        })?;
+        m.validate().map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
+        Ok(m)
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read manifest {}: {e} (every NAME.wasm needs a NAME.toml beside it)",
+                path.display()
+            )
+        })?;
+        Manifest::from_toml(&text, path)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("name {:?} must be letters, digits, '-' or '_'", self.name));
+        }
+        for s in &self.subscribe {
+            for ns in &s.namespaces {
+                if ns != "*" && !ns.contains('.') {
+                    return Err(format!("namespace {ns:?} must be \"db.coll\", \"db.*\" or \"*\""));
+                }
+            }
+            if s.kind == SubscriptionKind::Socket && (!s.namespaces.is_empty() || !s.operations.is_empty()) {
+                return Err("a socket subscription takes `events`, not `namespaces` or `operations`".into());
+            }
+            if s.kind == SubscriptionKind::Change && !s.events.is_empty() {
+                return Err("a change subscription takes `namespaces` and `operations`, not `events` (use kind = \"socket\")".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[config]` table as the `Value` map the plugin's init receives.
+    pub fn config_value(&self) -> Value {
+        toml_to_value(&toml::Value::Table(self.config.clone()))
+    }
+
+    pub fn matches(&self, event: &Event) -> bool {
+        self.subscribe.iter().any(|s| s.matches(event))
+    }
+}
+
+impl Subscription {
+    pub fn matches(&self, event: &Event) -> bool {
+        if !self.sources.is_empty() && !self.sources.iter().any(|s| s == &event.source) {
+            return false;
+        }
+        match (&event.body, self.kind) {
+            (EventBody::Change(c), SubscriptionKind::Change) => {
+                let ns_ok = self.namespaces.is_empty()
+                    || self.namespaces.iter().any(|pat| namespace_matches(pat, &c.db, &c.coll));
+                let op_ok = self.operations.is_empty()
+                    || self.operations.iter().any(|o| OperationType::parse(o) == c.op);
+                ns_ok && op_ok
+            }
+            (EventBody::Socket(s), SubscriptionKind::Socket) => {
+                self.events.is_empty() || self.events.iter().any(|e| e == &s.event)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `*`, `db.*` or `db.coll` against a change's database and collection.
+pub fn namespace_matches(pattern: &str, db: &str, coll: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once('.') {
+        Some((d, "*")) => d == db,
+        Some((d, c)) => d == db && c == coll,
+        None => false,
+    }
+}
+
+pub fn toml_to_value(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::Int(*i),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_value).collect()),
+        toml::Value::Table(t) => Value::Map(t.iter().map(|(k, v)| (k.clone(), toml_to_value(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oplet_sdk::Change;
+
+    fn change(db: &str, coll: &str, op: OperationType) -> Event {
+        Event {
+            seq: 1,
+            id: "1".into(),
+            source: "mongo".into(),
+            time_ms: 0,
+            body: EventBody::Change(Change { op, db: db.into(), coll: coll.into(), ..Default::default() }),
+        }
+    }
+
+    #[test]
+    fn a_subscription_matches_namespace_patterns_and_operations() {
+        let m = Manifest::from_toml(
+            r#"
+            name = "x"
+            [[subscribe]]
+            namespaces = ["app.*"]
+            operations = ["update"]
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(m.matches(&change("app", "users", OperationType::Update)));
+        assert!(!m.matches(&change("app", "users", OperationType::Insert)));
+        assert!(!m.matches(&change("other", "users", OperationType::Update)));
+    }
+
+    #[test]
+    fn a_typo_in_a_manifest_is_an_error_naming_the_key() {
+        let err = Manifest::from_toml("name = \"x\"\n[[subscribe]]\nnamespace = [\"a.b\"]\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `namespace`"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_subscription_ignores_changes() {
+        let m = Manifest::from_toml("name = \"x\"\n[[subscribe]]\nkind = \"socket\"\n", Path::new("x.toml")).unwrap();
+        assert!(!m.matches(&change("app", "users", OperationType::Insert)));
+    }
+}
