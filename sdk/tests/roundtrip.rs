@@ -384,3 +384,43 @@ fn packed_pointer_and_length_split_back() {
     assert_eq!(packed, 0x0011_0000_0000_0046);
     assert_eq!(oplet_sdk::unpack_ptr_len(packed), (0x0011_0000, 70));
 }
+
+/// The worked example of docs/abi.md, byte for byte.
+#[test]
+fn the_worked_example_of_the_abi_doc() {
+    let event = Event {
+        seq: 1,
+        id: "e1".into(),
+        source: "socket".into(),
+        time_ms: 1_700_000_000_000,
+        body: EventBody::Socket(SocketEvent { client: "c1".into(), event: "hi".into(), payload: Value::Null }),
+    };
+    assert_eq!(
+        hex(&codec::encode(&event).unwrap()),
+        "85 a3 73 65 71 01 a2 69 64 a2 65 31 a6 73 6f 75 72 63 65 a6 73 6f 63 6b 65 74 \
+         a7 74 69 6d 65 5f 6d 73 cf 00 00 01 8b cf e5 68 00 a4 62 6f 64 79 82 a4 6b 69 6e 64 \
+         a6 73 6f 63 6b 65 74 a4 64 61 74 61 83 a6 63 6c 69 65 6e 74 a2 63 31 a5 65 76 65 6e 74 \
+         a2 68 69 a7 70 61 79 6c 6f 61 64 c0"
+    );
+    let reply = Reply::Ok { effects: vec![Effect::emit_to_client("c1", "hello", vmap(&[("n", Value::Int(1))]))] };
+    assert_eq!(
+        hex(&codec::encode(&reply).unwrap()),
+        "82 a6 73 74 61 74 75 73 a2 6f 6b a7 65 66 66 65 63 74 73 91 82 a4 6b 69 6e 64 a4 65 6d 69 74 \
+         a4 64 61 74 61 83 a2 74 6f 81 a6 63 6c 69 65 6e 74 a2 63 31 a5 65 76 65 6e 74 a5 68 65 6c 6c 6f \
+         a7 70 61 79 6c 6f 61 64 81 a1 6e 01"
+    );
+}
+
+#[test]
+fn integers_take_their_smallest_encoding_and_floats_are_float64() {
+    assert_eq!(hex(&codec::encode(&Value::Int(5)).unwrap()), "05");
+    assert_eq!(hex(&codec::encode(&Value::Int(-1)).unwrap()), "ff");
+    assert_eq!(hex(&codec::encode(&Value::Int(200)).unwrap()), "cc c8");
+    assert_eq!(hex(&codec::encode(&Value::Int(-200)).unwrap()), "d1 ff 38");
+    assert_eq!(hex(&codec::encode(&Value::Float(1.5)).unwrap()), "cb 3f f8 00 00 00 00 00 00");
+    // Readers must accept any width: a float32 or a uint64 past i64 still decode.
+    assert_eq!(codec::decode::<Value>(&[0xca, 0x3f, 0xc0, 0, 0]).unwrap(), Value::Float(1.5));
+    assert_eq!(codec::decode::<Value>(&[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap(), Value::Float(u64::MAX as f64));
+    // MessagePack bin arrives in a Value as an array of byte values.
+    assert_eq!(codec::decode::<Value>(&[0xc4, 2, 1, 2]).unwrap(), Value::from(vec![1, 2]));
+}
