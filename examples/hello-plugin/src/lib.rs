@@ -1,9 +1,8 @@
 //! `hello`: an example Oplet plugin that audits orders when they are paid.
 //!
 //! On every change to `app.orders` it asks the host for one effect: an audit
-//! record when the order's `status` has just become the configured status
-//! ("paid" by default), and a log line otherwise. Built for
-//! `wasm32-unknown-unknown`; tested natively with `cargo test`.
+//! record when the order's `status` has just become "paid" (configurable), and a
+//! log line otherwise. Built for `wasm32-unknown-unknown`, tested natively.
 
 use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
 use std::cell::RefCell;
@@ -24,7 +23,9 @@ fn configure(config: &Value) -> Result<()> {
     let status = match config.get("paid_status") {
         None => DEFAULT_STATUS,
         Some(Value::String(s)) if !s.is_empty() => s,
-        Some(other) => return Err(Error::new(format!("config.paid_status must be a non-empty string, not {}", other.to_json()))),
+        Some(other) => {
+            return Err(Error::new(format!("config.paid_status must be a non-empty string, not {}", other.to_json())))
+        }
     };
     PAID_STATUS.with(|s| *s.borrow_mut() = status.to_string());
     Ok(())

@@ -48,8 +48,10 @@ impl Config {
                 .to_string();
         }
         if let Some(v) = config.get("namespaces") {
-            let list = v.as_array().and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>());
-            out.namespaces = list.ok_or_else(|| Error::new("config.namespaces must be a list of \"db.coll\" or \"db.*\""))?;
+            let list =
+                v.as_array().and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>());
+            out.namespaces =
+                list.ok_or_else(|| Error::new("config.namespaces must be a list of \"db.coll\" or \"db.*\""))?;
             if let Some(bad) = out.namespaces.iter().find(|ns| *ns != "*" && !ns.contains('.')) {
                 return Err(Error::new(format!("config.namespaces: {bad:?} must be \"db.coll\", \"db.*\" or \"*\"")));
             }
@@ -59,7 +61,9 @@ impl Config {
 
     pub fn effects(&self, event: &Event) -> Vec<Effect> {
         let EventBody::Change(change) = &event.body else { return vec![] };
-        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|p| namespace_matches(p, &change.db, &change.coll)) {
+        if !self.namespaces.is_empty()
+            && !self.namespaces.iter().any(|p| namespace_matches(p, &change.db, &change.coll))
+        {
             return vec![];
         }
         vec![Effect::Audit { record: self.record(event, change) }]
@@ -113,7 +117,13 @@ mod tests {
     }
 
     fn event(change: Change) -> Event {
-        Event { seq: 3, id: "tok-3".into(), source: "mongo".into(), time_ms: 1_700_000_000_000, body: EventBody::Change(change) }
+        Event {
+            seq: 3,
+            id: "tok-3".into(),
+            source: "mongo".into(),
+            time_ms: 1_700_000_000_000,
+            body: EventBody::Change(change),
+        }
     }
 
     fn change(op: OperationType, coll: &str) -> Change {
@@ -130,7 +140,8 @@ mod tests {
     #[test]
     fn an_update_records_set_and_removed_fields_and_the_actor() {
         let mut c = change(OperationType::Update, "users");
-        c.updated_fields = Some([("name".to_string(), "Ada".into()), ("actor".to_string(), "admin".into())].into_iter().collect());
+        c.updated_fields =
+            Some([("name".to_string(), "Ada".into()), ("actor".to_string(), "admin".into())].into_iter().collect());
         c.removed_fields = Some(vec!["legacy".into()]);
         let r = record(&Config::default(), &event(c));
         assert_eq!(

@@ -1,9 +1,8 @@
 //! Bundled plugin `cache-invalidate`: deletes cache keys when documents change.
 //!
-//! Each configured rule maps a namespace (and optionally some operation types) to
-//! key templates such as `model:{_id}` or `user:{uuid}:profile`; the keys of all
-//! matching rules go out as one cache delete per event. Replacing a watcher script
-//! that polls or deletes keys by hand.
+//! Each configured rule maps a namespace (and optionally operation types) to key
+//! templates such as `model:{_id}` or `user:{uuid}:profile`; the keys of every
+//! matching rule go out as one cache delete per event.
 
 use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, OperationType, Result, Value};
 use std::cell::RefCell;
@@ -102,7 +101,9 @@ impl Config {
 fn hint(change: &Change) -> &'static str {
     match (&change.op, &change.full_document) {
         (OperationType::Update, None) => " (no full document: set fullDocument \"updateLookup\" on the watch)",
-        (OperationType::Delete, _) if change.before.is_none() => " (a delete carries only _id unless pre-images are enabled)",
+        (OperationType::Delete, _) if change.before.is_none() => {
+            " (a delete carries only _id unless pre-images are enabled)"
+        }
         _ => "",
     }
 }
@@ -115,11 +116,16 @@ impl Rule {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::new(format!("{} must be a string like \"db.coll\" or \"db.*\"", at("namespace"))))?;
         if namespace != "*" && !namespace.contains('.') {
-            return Err(Error::new(format!("{} {namespace:?} must be \"db.coll\", \"db.*\" or \"*\"", at("namespace"))));
+            return Err(Error::new(format!(
+                "{} {namespace:?} must be \"db.coll\", \"db.*\" or \"*\"",
+                at("namespace")
+            )));
         }
         let operations = match rule.get("operations") {
             None => vec![],
-            Some(v) => strings(v).ok_or_else(|| Error::new(format!("{} must be a list of strings", at("operations"))))?,
+            Some(v) => {
+                strings(v).ok_or_else(|| Error::new(format!("{} must be a list of strings", at("operations"))))?
+            }
         };
         let keys = rule
             .get("keys")
@@ -294,7 +300,9 @@ mod tests {
     fn templates_with_nested_paths_parse_and_bad_ones_are_refused() {
         let t = Template::parse("org:{org.id}:user:{_id}").unwrap();
         let full = map(&[("org", map(&[("id", Value::Int(42))]))]);
-        assert_eq!(t.render(&event(OperationType::Insert, "x", Some(full), None).change()), Ok("org:42:user:65a1f0c2e4b0a1b2c3d4e5f6".into()));
+        let e = event(OperationType::Insert, "x", Some(full), None);
+        let EventBody::Change(change) = &e.body else { unreachable!() };
+        assert_eq!(t.render(change), Ok("org:42:user:65a1f0c2e4b0a1b2c3d4e5f6".into()));
         assert!(Template::parse("user:{uuid").is_err());
         assert!(Template::parse("user:{}").is_err());
         assert!(Template::parse("user:}x").is_err());
@@ -305,19 +313,10 @@ mod tests {
         let bad = map(&[("rules", Value::Array(vec![map(&[("namespace", "app.users".into())])]))]);
         let err = Config::from_value(&bad).unwrap_err().to_string();
         assert!(err.contains("config.rules[0].keys"), "{err}");
-        let bad = map(&[("rules", Value::Array(vec![map(&[("namespace", "users".into()), ("keys", Value::from(vec!["k"]))])]))]);
+        let bad = map(&[(
+            "rules",
+            Value::Array(vec![map(&[("namespace", "users".into()), ("keys", Value::from(vec!["k"]))])]),
+        )]);
         assert!(Config::from_value(&bad).unwrap_err().to_string().contains("config.rules[0].namespace"));
-    }
-
-    trait AsChange {
-        fn change(&self) -> &Change;
-    }
-    impl AsChange for Event {
-        fn change(&self) -> &Change {
-            match &self.body {
-                EventBody::Change(c) => c,
-                _ => unreachable!(),
-            }
-        }
     }
 }

@@ -1,9 +1,8 @@
 //! Bundled plugin `client-start`: tells a client to start when its flag turns true.
 //!
-//! Replaces clients polling "is my `connection` true yet?": when a document of the
-//! clients collection gets a truthy flag, the client named in it is sent one
-//! `start_client` event with its uuid and key. Delivery is at-least-once (see the
-//! manifest): a client must treat a repeated start as a no-op.
+//! Replaces clients polling "is my `connection` true yet?": when a clients document
+//! gets a truthy flag, that client is sent `start_client` with its uuid and key.
+//! At-least-once (see the manifest): a client must treat a repeated start as a no-op.
 
 use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
 use std::cell::RefCell;
@@ -190,7 +189,13 @@ mod tests {
     }
 
     fn change(op: OperationType, id: i64) -> Change {
-        Change { op, db: "app".into(), coll: "clients".into(), key: map(&[("_id", Value::Int(id))]), ..Default::default() }
+        Change {
+            op,
+            db: "app".into(),
+            coll: "clients".into(),
+            key: map(&[("_id", Value::Int(id))]),
+            ..Default::default()
+        }
     }
 
     fn doc(flag: Value) -> Option<Value> {
@@ -284,6 +289,9 @@ mod tests {
         assert!(run(&mut Clients::default(), c).is_empty());
         assert!(Config::from_value(&map(&[("namespace", "clients".into())])).is_err());
         let custom = Config::from_value(&map(&[("flag_field", "online".into()), ("event", "go".into())])).unwrap();
-        assert_eq!((custom.flag_field.as_str(), custom.event.as_str(), custom.client_field.as_str()), ("online", "go", "uuid"));
+        assert_eq!(
+            (custom.flag_field.as_str(), custom.event.as_str(), custom.client_field.as_str()),
+            ("online", "go", "uuid")
+        );
     }
 }

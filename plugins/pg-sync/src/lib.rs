@@ -1,9 +1,8 @@
 //! Bundled plugin `pg-sync`: mirrors MongoDB collections into PostgreSQL tables.
 //!
 //! Each configured table follows one namespace: inserts, updates and replaces
-//! become a row upsert keyed by the document's `_id` (mapped fields in their own
-//! columns, the whole document in a jsonb column), deletes become a row delete.
-//! The host sends every value as a parameter and batches rows across events.
+//! become a row upsert keyed by `_id` (mapped fields in their own columns, the
+//! whole document in a jsonb column); deletes become a row delete.
 
 use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
 use std::cell::RefCell;
@@ -201,7 +200,11 @@ fn updated_value<'a>(change: &'a Change, path: &str) -> Option<&'a Value> {
 
 /// Whether `removedFields` lists the path or one of its parents.
 fn was_removed(change: &Change, path: &str) -> bool {
-    change.removed_fields.iter().flatten().any(|r| path == r || path.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('.')))
+    change
+        .removed_fields
+        .iter()
+        .flatten()
+        .any(|r| path == r || path.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('.')))
 }
 
 fn namespace_matches(pattern: &str, change: &Change) -> bool {
@@ -277,7 +280,12 @@ mod tests {
                 Effect::RowUpsert {
                     table: "users".into(),
                     key: vec!["id".into()],
-                    values: fields(&[("id", ID.into()), ("email", "a@x.io".into()), ("name", Value::Null), ("doc", doc)]),
+                    values: fields(&[
+                        ("id", ID.into()),
+                        ("email", "a@x.io".into()),
+                        ("name", Value::Null),
+                        ("doc", doc)
+                    ]),
                 },
                 Effect::RowUpsert {
                     table: "user_emails".into(),
