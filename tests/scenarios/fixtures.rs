@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Document};
-use oplet_tests::{free_port, repo_root, wasm_plugins, Mongo, Postgres, Redis};
+use oplet_tests::{free_port, repo_root, wasm_plugins, Mongo, Oplet, Postgres, Redis};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn free_ports_are_distinct_and_bindable() {
@@ -110,4 +110,38 @@ async fn wasm_plugins_build_when_the_plugin_tree_exists() {
         let bytes = std::fs::read(plugins.path(&name)).unwrap();
         assert_eq!(&bytes[..4], b"\0asm", "{name} is a wasm module");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oplet_runs_logs_and_stops_on_sigterm_or_sigkill() {
+    let dir = oplet_tests::temp_dir();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    let config = dir.path().join("oplet.toml");
+    std::fs::write(&config, "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\n").unwrap();
+
+    let mut oplet = tokio::task::block_in_place(|| Oplet::start(&config));
+    let line = oplet.wait_for_log("plugin", Duration::from_secs(60)).await.unwrap();
+    assert!(!line.contains('\u{1b}'), "log lines are free of color codes: {line:?}");
+    assert!(oplet.is_running());
+    let status = oplet.terminate().unwrap();
+    assert!(!oplet.is_running());
+    assert!(status.success(), "SIGTERM is a clean shutdown, got {status}:\n{}", oplet.logs());
+    let on_disk = std::fs::read_to_string(oplet.log_path()).unwrap();
+    assert_eq!(on_disk.trim_end(), oplet.logs(), "the log file holds the same lines");
+
+    let mut again = tokio::task::block_in_place(|| Oplet::start(&config));
+    again.wait_for_log("plugin", Duration::from_secs(30)).await.unwrap();
+    again.kill();
+    assert!(!again.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oplet_with_a_missing_config_exits_and_says_why() {
+    let dir = oplet_tests::temp_dir();
+    let mut oplet = tokio::task::block_in_place(|| Oplet::start(&dir.path().join("missing.toml")));
+    let err = oplet.wait_for_log("never logged", Duration::from_secs(60)).await.unwrap_err();
+    assert!(err.to_string().contains("oplet exited"), "{err:#}");
+    let status = oplet.wait_exit(Duration::from_secs(5)).unwrap();
+    assert!(!status.success());
+    assert!(oplet.logs().contains("missing.toml"), "the error names the file:\n{}", oplet.logs());
 }
