@@ -30,6 +30,12 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Where cache-delete effects go.
+    pub redis: Option<crate::effect::redis::RedisConfig>,
+    /// Where row effects (and optionally audit records) go.
+    pub postgres: Option<crate::effect::postgres::PostgresConfig>,
+    /// The Socket.IO server: client events in, emit effects out.
+    pub socket: Option<crate::source::socket::SocketConfig>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -117,12 +123,15 @@ pub struct Grant {
 pub enum SourceConfig {
     /// Events as JSON lines from a file (or `-` for stdin): tests, demos, authors.
     Jsonl(JsonlSourceConfig),
+    /// A MongoDB change stream (with polling fallback).
+    Mongo(crate::source::mongo::MongoSourceConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Jsonl(c) => &c.name,
+            SourceConfig::Mongo(c) => &c.name,
         }
     }
 }
@@ -248,6 +257,7 @@ impl Config {
         for s in &mut self.sources {
             match s {
                 SourceConfig::Jsonl(c) => abs(&mut c.path),
+                SourceConfig::Mongo(_) => {}
             }
         }
     }
@@ -349,7 +359,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.plugins.dir, PathBuf::from("/srv/plugins"));
         assert_eq!(cfg.delivery.queue, 16);
-        let SourceConfig::Jsonl(j) = &cfg.sources[0];
+        let SourceConfig::Jsonl(j) = &cfg.sources[0] else { panic!("a jsonl source") };
         assert!(j.follow);
         assert_eq!(j.path, PathBuf::from("/etc/oplet/e.jsonl"));
     }

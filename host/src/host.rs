@@ -6,7 +6,9 @@
 use crate::checkpoint::{run_saver, CheckpointStore, Tracker};
 use crate::config::{Config, SourceConfig};
 use crate::deadletter::DeadLetters;
-use crate::effect::{audit::AuditHandle, Effects};
+use crate::effect::{audit::AuditHandle, postgres::PostgresHandle, redis::RedisHandle, Effects, Executors};
+use crate::source::mongo::MongoContext;
+use crate::source::socket::SocketServer;
 use crate::router::{dispatch, Registry, WorkerContext};
 use crate::runtime::reload::PluginDir;
 use crate::runtime::Runtime;
@@ -15,6 +17,7 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
+
 
 /// How `run` ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +44,27 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let runtime = Arc::new(Runtime::new(cache)?);
     let dead = Arc::new(DeadLetters::open(&config.state_dir.join("dead-letters.jsonl"))?);
     let audit = AuditHandle::start(&config.audit_path(), config.audit.batch_max, config.audit.batch_ms, config.delivery.queue, dead.clone())?;
-    let effects = Arc::new(Effects::new(Some(audit), dead.clone()));
+    let cache = config.redis.as_ref().map(|c| RedisHandle::start(c, dead.clone())).transpose()?;
+    let rows = config.postgres.as_ref().map(|c| PostgresHandle::start(c, dead.clone())).transpose()?;
+
+    let (tx, rx) = mpsc::channel(config.delivery.queue);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let store = CheckpointStore::new(&config.state_dir.join("checkpoints"))?;
+    let (saver_stop, saver_stop_rx) = watch::channel(false);
+    let checkpoint_interval = Duration::from_millis(config.delivery.checkpoint_interval_ms);
+    let mut savers = Vec::new();
+    let extra_savers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let socket = match &config.socket {
+        Some(sc) => {
+            // Client events are not replayable: the position is only a count.
+            let tracker = Tracker::new(&sc.name, 1, None);
+            let sctx = SourceContext { tracker, resume: None, tx: tx.clone(), shutdown: shutdown_rx.clone() };
+            Some(SocketServer::start(sc, sctx).await?)
+        }
+        None => None,
+    };
+    let executors = Executors { audit: Some(audit), cache, rows, emit: socket.clone() };
+    let effects = Arc::new(Effects::new(executors, dead.clone()));
     let halt = Arc::new(Notify::new());
     let ctx = Arc::new(WorkerContext { effects: effects.clone(), dead: dead.clone(), delivery: config.delivery.clone(), halt: halt.clone() });
     let registry = Registry::new(ctx);
@@ -52,34 +75,31 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     tracing::info!(dir = %config.plugins.dir.display(), "{} plugin(s) loaded: {}", names.len(), names.join(", "));
     let _watch = if config.plugins.watch { Some(dir.watch()?) } else { None };
 
-    let (tx, rx) = mpsc::channel(config.delivery.queue);
     let dispatcher = tokio::spawn(dispatch(rx, registry.clone()));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let store = CheckpointStore::new(&config.state_dir.join("checkpoints"))?;
-    let (saver_stop, saver_stop_rx) = watch::channel(false);
-    let mut savers = Vec::new();
     let mut sources = tokio::task::JoinSet::new();
     for sc in &config.sources {
         let resume = store.load(sc.name())?;
-        let tracker = match sc {
-            SourceConfig::Jsonl(_) => {
-                let first = resume.as_ref().and_then(|p| p.as_u64()).unwrap_or(0) + 1;
-                Tracker::new(sc.name(), first, resume.clone())
-            }
-        };
-        let interval = Duration::from_millis(config.delivery.checkpoint_interval_ms);
-        savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), interval, saver_stop_rx.clone())));
-        let sctx = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
         let name = sc.name().to_string();
         match sc.clone() {
             SourceConfig::Jsonl(c) => {
+                let first = resume.as_ref().and_then(|p| p.as_u64()).unwrap_or(0) + 1;
+                let tracker = Tracker::new(sc.name(), first, resume.clone());
+                savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), checkpoint_interval, saver_stop_rx.clone())));
+                let sctx = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
                 let d = dead.clone();
                 sources.spawn(async move { (name, source::jsonl::run(c, sctx, d).await) });
+            }
+            SourceConfig::Mongo(c) => {
+                // The Mongo source keeps one tracker and checkpoint per change stream.
+                let tracker = Tracker::new(sc.name(), 1, None);
+                let base = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
+                let mctx = MongoContext { base, store: store.clone(), checkpoint_interval, dead: dead.clone(), saver_stop: saver_stop_rx.clone(), savers: extra_savers.clone() };
+                sources.spawn(async move { (name, source::mongo::run(c, mctx).await) });
             }
         }
     }
     drop(tx);
-    if config.sources.is_empty() {
+    if config.sources.is_empty() && socket.is_none() {
         tracing::warn!("no [[source]] configured: nothing will arrive; waiting for a signal");
     }
 
@@ -92,7 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
                     Some(Err(e)) => tracing::error!("source task failed: {e}"),
                     None => {}
                 }
-                if sources.is_empty() {
+                if sources.is_empty() && socket.is_none() {
                     break Outcome::SourcesDone;
                 }
             }
@@ -114,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     drop(registry);
     effects.shutdown().await;
     let _ = saver_stop.send(true);
+    savers.extend(extra_savers.lock().expect("savers lock").drain(..));
     for s in savers {
         let _ = s.await;
     }

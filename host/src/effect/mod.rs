@@ -8,6 +8,8 @@
 //! durably applied.
 
 pub mod audit;
+pub mod postgres;
+pub mod redis;
 
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
@@ -25,15 +27,24 @@ pub enum Refusal {
     NoExecutor(String),
 }
 
+/// The executors this host has, each optional (configured or not).
+#[derive(Default)]
+pub struct Executors {
+    pub audit: Option<audit::AuditHandle>,
+    pub cache: Option<redis::RedisHandle>,
+    pub rows: Option<postgres::PostgresHandle>,
+    pub emit: Option<Arc<crate::source::socket::SocketServer>>,
+}
+
 pub struct Effects {
-    audit: Option<audit::AuditHandle>,
+    ex: Executors,
     dead: Arc<DeadLetters>,
     refused: AtomicU64,
 }
 
 impl Effects {
-    pub fn new(audit: Option<audit::AuditHandle>, dead: Arc<DeadLetters>) -> Effects {
-        Effects { audit, dead, refused: AtomicU64::new(0) }
+    pub fn new(ex: Executors, dead: Arc<DeadLetters>) -> Effects {
+        Effects { ex, dead, refused: AtomicU64::new(0) }
     }
 
     /// Checks and dispatches the effects `plugin` returned for `event`. Blocks when
@@ -49,8 +60,24 @@ impl Effects {
             match effect {
                 Effect::Log { level, message } => log(plugin, event, level, &message),
                 Effect::Audit { record } => {
-                    let audit = self.audit.as_ref().expect("checked by executor_for");
+                    let audit = self.ex.audit.as_ref().expect("checked by executor_for");
                     audit.append(plugin, event, index, record, ticket.clone());
+                }
+                Effect::CacheDelete { keys } => {
+                    let cache = self.ex.cache.as_ref().expect("checked by executor_for");
+                    cache.delete(plugin, event, keys, ticket.clone());
+                }
+                Effect::RowUpsert { table, key, values } => {
+                    let rows = self.ex.rows.as_ref().expect("checked by executor_for");
+                    rows.apply(plugin, event, postgres::RowOp::Upsert { table, key, values }, ticket.clone());
+                }
+                Effect::RowDelete { table, key } => {
+                    let rows = self.ex.rows.as_ref().expect("checked by executor_for");
+                    rows.apply(plugin, event, postgres::RowOp::Delete { table, key }, ticket.clone());
+                }
+                Effect::Emit { to, event: name, payload } => {
+                    let emit = self.ex.emit.as_ref().expect("checked by executor_for");
+                    emit.emit(plugin, event, to, name, payload, ticket.clone());
                 }
                 other => unreachable!("executor_for refuses {}", kind(&other)),
             }
@@ -61,10 +88,13 @@ impl Effects {
         let missing = |what: &str| Err(Refusal::NoExecutor(format!("{} needs {what} in the host config", kind(effect))));
         match effect {
             Effect::Log { .. } => Ok(()),
-            Effect::Audit { .. } if self.audit.is_some() => Ok(()),
+            Effect::Audit { .. } if self.ex.audit.is_some() => Ok(()),
             Effect::Audit { .. } => missing("[audit]"),
+            Effect::CacheDelete { .. } if self.ex.cache.is_some() => Ok(()),
             Effect::CacheDelete { .. } => missing("a [redis] section"),
+            Effect::RowUpsert { .. } | Effect::RowDelete { .. } if self.ex.rows.is_some() => Ok(()),
             Effect::RowUpsert { .. } | Effect::RowDelete { .. } => missing("a [postgres] section"),
+            Effect::Emit { .. } if self.ex.emit.is_some() => Ok(()),
             Effect::Emit { .. } => missing("a [socket] section"),
             _ => Err(Refusal::NoExecutor(format!("{} is not known to this host", kind(effect)))),
         }
@@ -77,8 +107,17 @@ impl Effects {
 
     /// Flushes and stops the executors; returns when everything accepted is applied.
     pub async fn shutdown(&self) {
-        if let Some(a) = &self.audit {
+        if let Some(a) = &self.ex.audit {
             a.shutdown().await;
+        }
+        if let Some(c) = &self.ex.cache {
+            c.shutdown().await;
+        }
+        if let Some(r) = &self.ex.rows {
+            r.shutdown().await;
+        }
+        if let Some(e) = &self.ex.emit {
+            e.shutdown().await;
         }
     }
 }

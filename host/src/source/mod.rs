@@ -5,6 +5,8 @@
 //! into the router's bounded queue, so it slows down when plugins fall behind.
 
 pub mod jsonl;
+pub mod mongo;
+pub mod socket;
 
 use crate::checkpoint::{Position, Tracker};
 use crate::envelope::Envelope;
