@@ -206,26 +206,35 @@ async fn a_plugin_replaced_mid_stream_sees_every_event_once_in_order() {
     let oplet = Oplet::start(&host.config());
     oplet.wait_for_log("2 plugin(s) loaded", WAIT).await.unwrap();
 
-    // Events flow in bursts while the module is swapped underneath.
+    // Events flow in bursts before, during and after the swap of the module.
     let mut next = 1;
-    for burst in 0..20 {
-        host.append(&docs(next..next + 25));
-        next += 25;
-        if burst == 8 {
-            versioned("versioned-b");
-        }
+    let burst = |next: &mut i64| {
+        host.append(&docs(*next..*next + 25));
+        *next += 25;
+    };
+    for _ in 0..8 {
+        burst(&mut next);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    versioned("versioned-b");
+    let swap_started = Instant::now();
+    while oplet.log_lines_containing("plugin reloaded").is_empty() {
+        assert!(swap_started.elapsed() < WAIT, "no reload within {WAIT:?}:\n{}", oplet.logs());
+        burst(&mut next);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for _ in 0..8 {
+        burst(&mut next);
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     let total = (next - 1) as usize;
     let records = host.wait_audit("v", total).await;
-    oplet.wait_for_log("plugin=v", WAIT).await.unwrap();
     let seqs: Vec<i64> = records.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=total as i64).collect::<Vec<_>>(), "every event once, in order");
     let versions: Vec<&str> = records.iter().map(|r| r["record"]["version"].as_str().unwrap()).collect();
     let first_b = versions.iter().position(|v| *v == "b").expect("version b handled events after the swap");
     assert!(first_b > 0, "version a handled the first events");
     assert!(versions[first_b..].iter().all(|v| *v == "b"), "no event went back to version a after the swap");
-    oplet.wait_for_log("plugin reloaded", WAIT).await.unwrap();
 
     // A corrupt replacement is refused and version b keeps serving.
     install_plugin_bytes(&plugins, "v", b"\0asm\x01\0\0\0\x01garbage", &manifest("v", ""));

@@ -105,7 +105,7 @@ impl PluginCode {
     /// Compiles (or loads from cache) and validates `wasm`, then instantiates it
     /// once to check the ABI version and run `oplet_init` with `config`.
     pub fn load(runtime: &Runtime, name: &str, wasm: &[u8], limits: Limits, config: &Value) -> Result<PluginCode, LoadError> {
-        let (module, cached) = runtime.compile(wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let (module, cached) = runtime.compile(wasm).map_err(|e| LoadError::Compile(one_line(&format!("{e:#}"))))?;
         check_interface(&module)?;
         let pre = runtime
             .linker
@@ -270,7 +270,7 @@ fn classify(store: &Store<StoreState>, err: wasmtime::Error, limits: Limits) -> 
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::Timeout { budget_ms: limits.time_ms },
-        Some(t) => CallError::Trap(t.to_string()),
+        Some(t) => CallError::Trap(t.to_string().trim_start_matches("wasm trap: ").to_string()),
         None => CallError::Trap(format!("{err:#}")),
     }
 }
@@ -315,4 +315,9 @@ fn check_interface(module: &Module) -> Result<(), LoadError> {
     func("oplet_handle", &[I32, I32], &[I64], "(func (param i32 i32) (result i64))", true)?;
     func("oplet_init", &[I32, I32], &[I64], "(func (param i32 i32) (result i64))", false)?;
     Ok(())
+}
+
+/// wasmtime's parse errors span lines (pretty-printed byte arrays); a log line must not.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
