@@ -1,0 +1,147 @@
+//! The per-event path, measured: encode the event, call the plugin, decode the
+//! reply, check the effects' capabilities. Baseline in the same run: the codec
+//! alone (no wasm), so figures read as ratios on a noisy shared machine.
+//! Run: `cargo bench -p oplet-tests --bench per_event`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use oplet::checkpoint::Tracker;
+use oplet::config::DeliveryConfig;
+use oplet::deadletter::DeadLetters;
+use oplet::effect::{self, Effects, Executors};
+use oplet::envelope::Envelope;
+use oplet::manifest::{Capabilities, Manifest};
+use oplet::router::{dispatch, Registry, WorkerContext};
+use oplet::runtime::{Limits, PluginCode, Runtime};
+use oplet_sdk::{codec, Change, Event, EventBody, Map, OperationType, Reply, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A change event whose document is about `bytes` long in MessagePack.
+fn event_with_doc(bytes: usize) -> Event {
+    let mut doc = Map::new();
+    doc.insert("_id".into(), Value::Map([("$oid".to_string(), Value::from("6741a3f0c2e4b0a1b2c3d401"))].into()));
+    doc.insert("uuid".into(), Value::from("c0ffee00-1234-5678-9abc-def012345678"));
+    doc.insert("connection".into(), Value::Bool(true));
+    let mut i = 0;
+    while codec::encode(&Value::Map(doc.clone())).unwrap().len() < bytes {
+        doc.insert(format!("field_{i:03}"), Value::from(format!("value number {i} of the document")));
+        i += 1;
+    }
+    Event {
+        seq: 1,
+        id: "bench".into(),
+        source: "mongo".into(),
+        time_ms: 1_732_370_000_000,
+        body: EventBody::Change(Change {
+            op: OperationType::Update,
+            db: "app".into(),
+            coll: "clients".into(),
+            key: Value::Map([("_id".to_string(), doc["_id"].clone())].into()),
+            full_document: Some(Value::Map(doc)),
+            ..Default::default()
+        }),
+    }
+}
+
+fn load(runtime: &Runtime, name: &str, manifest: &str) -> (PluginCode, Manifest) {
+    let wasm = std::fs::read(oplet_tests::wasm_plugins().path(name)).unwrap();
+    let manifest = Manifest::from_toml(manifest, Path::new("bench.toml")).unwrap();
+    let code = PluginCode::load(runtime, &manifest.name, &wasm, Limits::default(), &manifest.config_value()).unwrap();
+    (code, manifest)
+}
+
+const CACHE_MANIFEST: &str = r#"
+name = "cache-invalidate"
+[capabilities]
+cache_prefixes = ["client:"]
+[[config.rules]]
+namespace = "app.clients"
+keys = ["client:{uuid}"]
+"#;
+
+fn per_event(c: &mut Criterion) {
+    let runtime = Runtime::new(None).unwrap();
+    let small = event_with_doc(64);
+    let doc_1k = event_with_doc(1024);
+    let mut g = c.benchmark_group("per_event");
+    g.throughput(Throughput::Elements(1));
+
+    // Baseline: what any host must do with no sandbox at all.
+    g.bench_function("baseline_codec_only_1kb", |b| {
+        let reply = codec::encode(&Reply::Ok { effects: vec![oplet_sdk::Effect::cache_delete(["client:x"])] }).unwrap();
+        let mut buf = Vec::new();
+        b.iter(|| {
+            buf.clear();
+            codec::encode_into(&mut buf, &doc_1k).unwrap();
+            let back: Event = codec::decode(&buf).unwrap();
+            let r: Reply = codec::decode(&reply).unwrap();
+            (back.seq, r)
+        })
+    });
+
+    let (noop, _) = load(&runtime, "noop", "name = \"noop\"\n");
+    let mut inst = noop.new_instance().unwrap();
+    g.bench_function("noop_plugin_small_event", |b| b.iter(|| inst.handle(&small).unwrap()));
+
+    let (ci, manifest) = load(&runtime, "cache-invalidate", CACHE_MANIFEST);
+    let mut inst = ci.new_instance().unwrap();
+    let caps: Capabilities = manifest.capabilities.clone();
+    let effects = inst.handle(&doc_1k).unwrap();
+    assert_eq!(effects, vec![oplet_sdk::Effect::cache_delete(["client:c0ffee00-1234-5678-9abc-def012345678"])]);
+    g.bench_function("cache_invalidate_1kb_doc_one_effect", |b| {
+        b.iter(|| {
+            let effects = inst.handle(&doc_1k).unwrap();
+            effects.iter().all(|e| effect::check(e, &caps).is_ok())
+        })
+    });
+    g.finish();
+}
+
+/// Events through the whole router: dispatcher, bounded queue, worker thread,
+/// wasm call, effect routing and ticket release.
+fn router(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = Runtime::new(None).unwrap();
+    let dir = oplet_tests::temp_dir();
+    let dead = Arc::new(DeadLetters::open(&dir.path().join("dead.jsonl")).unwrap());
+    let _guard = rt.enter();
+    let effects = Arc::new(Effects::new(Executors::default(), dead.clone()));
+    let ctx = Arc::new(WorkerContext { effects, dead, delivery: DeliveryConfig::default(), halt: Arc::new(tokio::sync::Notify::new()) });
+    let registry = Registry::new(ctx);
+    let (code, manifest) = load(&runtime, "noop", "name = \"noop\"\n[[subscribe]]\n");
+    registry.install(code, manifest, Capabilities::default(), "bench".into());
+    let event = Arc::new(event_with_doc(64));
+    let mut g = c.benchmark_group("router");
+    const N: u64 = 10_000;
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(20);
+    g.bench_function("noop_plugin_10k_events_end_to_end", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                rt.block_on(async {
+                    let tracker = Tracker::new("bench", 1, None);
+                    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                    let d = tokio::spawn(dispatch(rx, registry.clone()));
+                    for seq in 1..=N {
+                        let ticket = tracker.ticket(seq, None);
+                        tx.send(Envelope { event: event.clone(), ticket }).await.unwrap();
+                    }
+                    drop(tx);
+                    d.await.unwrap();
+                    let start = Instant::now();
+                    while tracker.completed() < N {
+                        assert!(start.elapsed() < Duration::from_secs(30));
+                        tokio::task::yield_now().await;
+                    }
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, per_event, router);
+criterion_main!(benches);
