@@ -21,6 +21,7 @@ use oplet_sdk::{EmitTarget, Event, EventBody, SocketEvent, Value};
 use serde::{Deserialize, Serialize};
 use socketioxide::extract::{Event as EventName, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,7 +158,6 @@ pub struct SocketServer {
     cmds: mpsc::Sender<Cmd>,
     runtime: tokio::runtime::Handle,
     stats: Arc<SocketStats>,
-    io: SocketIo,
     stop_http: Mutex<Option<oneshot::Sender<()>>>,
     http: Mutex<Option<tokio::task::JoinHandle<()>>>,
     emitter: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -256,7 +256,6 @@ impl SocketServer {
             cmds,
             runtime: tokio::runtime::Handle::current(),
             stats,
-            io,
             stop_http: Mutex::new(Some(stop_http)),
             http: Mutex::new(Some(http)),
             emitter: Mutex::new(Some(emitter)),
@@ -306,8 +305,8 @@ impl SocketServer {
         }
     }
 
-    /// Sends what is queued, keeps the tickets of held emits (see the module doc),
-    /// disconnects every client and stops listening.
+    /// Sends what is queued, keeps the tickets of held emits (see the module doc)
+    /// and stops listening; clients see their connection drop and reconnect.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
         if self.cmds.send(Cmd::Shutdown(done)).await.is_ok() {
@@ -316,7 +315,9 @@ impl SocketServer {
         if let Some(t) = self.emitter.lock().expect("emitter lock").take() {
             let _ = t.await;
         }
-        self.io.close().await;
+        // No `io.close()`: that sends Socket.IO disconnect packets, after which
+        // clients do not reconnect. Dropping the connections (here, or when the
+        // process exits) lets them reconnect to the next run by themselves.
         if let Some(stop) = self.stop_http.lock().expect("stop lock").take() {
             let _ = stop.send(());
         }
@@ -433,9 +434,15 @@ fn connected(shared: &Arc<Shared>, s: &SocketRef, uuid: String) {
     });
     let uuid_for_rooms = uuid.clone();
     let for_disconnect = shared.clone();
-    s.on_disconnect(move |s: SocketRef| {
+    s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| {
         for_disconnect.stats.connected.fetch_sub(1, Ordering::Relaxed);
-        tracing::debug!(client = %uuid, sid = %s.id, "socket: client disconnected");
+        match reason {
+            DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect | DisconnectReason::ClosingServer => {
+                tracing::debug!(client = %uuid, sid = %s.id, "socket: client disconnected: {reason}")
+            }
+            // An oversized or unparsable message, a dead peer: worth a line.
+            _ => tracing::info!(client = %uuid, sid = %s.id, "socket: client cut off: {reason}"),
+        }
         std::future::ready(())
     });
     let rooms = shared.rooms_of(&uuid_for_rooms);
