@@ -80,6 +80,11 @@ fn per_event(c: &mut Criterion) {
         })
     });
 
+    // Host side alone: a hand-written WAT plugin that never decodes its input.
+    let (wat, _) = load(&runtime, "wat-plugin", "name = \"wat-plugin\"\n");
+    let mut inst = wat.new_instance().unwrap();
+    g.bench_function("host_side_only_wat_plugin_small_event", |b| b.iter(|| inst.handle(&small).unwrap()));
+
     let (noop, _) = load(&runtime, "noop", "name = \"noop\"\n");
     let mut inst = noop.new_instance().unwrap();
     g.bench_function("noop_plugin_small_event", |b| b.iter(|| inst.handle(&small).unwrap()));
