@@ -91,7 +91,7 @@ else
     if "$PYTHON" -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
         pip_flags+=(--break-system-packages)
     fi
-    "$PYTHON" -m pip install -q "${pip_flags[@]}" nx-27017 pymongo python-socketio aiohttp
+    "$PYTHON" -m pip install -q "${pip_flags[@]}" nx-27017==0.8.1 pymongo python-socketio aiohttp
 fi
 
 say "done"
