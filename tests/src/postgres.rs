@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::process::{tail, wait_until};
+use crate::process::{tail, wait_until, CleanupGuard};
 use crate::require::{is_root, require, Service};
 
 /// A running (or deliberately stopped) PostgreSQL server owned by one test. Connect as
 /// user `postgres`, no password, database `postgres`.
 pub struct Postgres {
+    // Stops the server if the test process is killed; a normal Drop stops it first,
+    // then drops this guard without running its cleanup.
+    _guard: Option<CleanupGuard>,
     dir: TempDir,
     port: u16,
     running: bool,
@@ -35,7 +38,7 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("chown the PostgreSQL test directory to postgres");
         }
-        let mut pg = Postgres { port: crate::free_port(), dir, running: false };
+        let mut pg = Postgres { _guard: None, port: crate::free_port(), dir, running: false };
         let out = pg
             .as_owner("initdb")
             .arg("-D")
@@ -52,6 +55,15 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // pg_ctl daemonizes the server, so it would outlive a killed test process:
+        // a guard stops it and removes the directory if that happens.
+        let cleanup = format!(
+            "{stop} -D {data} -m immediate -w stop >/dev/null 2>&1; rm -rf {dir}",
+            stop = if is_root() { "runuser -u postgres -- pg_ctl" } else { "pg_ctl" },
+            data = pg.data_dir().display(),
+            dir = pg.dir.path().display(),
+        );
+        pg._guard = Some(CleanupGuard::new(&cleanup).expect("start the PostgreSQL cleanup guard"));
         pg.start_again();
         eprintln!(
             "[oplet-tests] PostgreSQL on 127.0.0.1:{} ready in {:?}",

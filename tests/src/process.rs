@@ -12,7 +12,15 @@ use std::time::{Duration, Instant};
 /// interrupted or killed test binary), so no server outlives its tests. Linux sends
 /// PDEATHSIG when the *thread* that forked exits, so every child is forked from one
 /// spawner thread that lives as long as the process.
-pub(crate) fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn(cmd: Command) -> std::io::Result<Child> {
+    spawn_with_death_signal(cmd, libc::SIGKILL)
+}
+
+/// Like [`spawn`], with the signal the child gets when the test process dies.
+pub(crate) fn spawn_with_death_signal(
+    mut cmd: Command,
+    death_signal: libc::c_int,
+) -> std::io::Result<Child> {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -29,8 +37,8 @@ pub(crate) fn spawn(mut cmd: Command) -> std::io::Result<Child> {
     });
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -99,5 +107,34 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// A shell that runs `cleanup` if the test process dies without dropping its fixture
+/// (killed by a timeout or Ctrl-C), for servers that daemonize and so escape
+/// PDEATHSIG. Dropping the guard kills the shell without running `cleanup`.
+pub(crate) struct CleanupGuard {
+    child: Child,
+}
+
+impl CleanupGuard {
+    pub(crate) fn new(cleanup: &str) -> std::io::Result<CleanupGuard> {
+        let script = format!(
+            "trap '{cleanup}; exit 0' TERM; while :; do sleep 1; done",
+            cleanup = cleanup.replace('\'', "'\\''")
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = spawn_with_death_signal(cmd, libc::SIGTERM)?;
+        Ok(CleanupGuard { child })
+    }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
     }
 }
