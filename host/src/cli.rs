@@ -55,6 +55,7 @@ enum PluginCommand {
 }
 
 pub fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
@@ -69,6 +70,19 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A panic in the host must never let an event count as done (tickets are released
+/// on drop, and unwinding drops them): print it, then abort, so a restart replays
+/// from the last checkpoint. A hook rather than `panic = "abort"` in the profile,
+/// which would make test builds and binary builds compile every crate twice.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("oplet: internal error (a bug); aborting so that no unfinished event is checkpointed");
+        std::process::abort();
+    }));
 }
 
 fn init_logging() {
