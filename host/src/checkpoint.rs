@@ -159,9 +159,24 @@ impl CheckpointStore {
     }
 }
 
+/// Where `run_saver` writes positions: the local `CheckpointStore`, or another
+/// place a source keeps them (the MongoDB source's checkpoint collection).
+pub trait PositionStore: Clone + Send + Sync + 'static {
+    /// Saves `position` under `key` durably, or says why not.
+    fn persist(&self, key: &str, position: Position) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl PositionStore for CheckpointStore {
+    async fn persist(&self, key: &str, position: Position) -> anyhow::Result<()> {
+        let (store, key) = (self.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || store.save(&key, &position)).await??;
+        Ok(())
+    }
+}
+
 /// Saves the tracker's position whenever it moves, at most once per `interval`,
 /// until `stop` turns true; then saves a last time.
-pub async fn run_saver(tracker: Arc<Tracker>, store: CheckpointStore, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run_saver<S: PositionStore>(tracker: Arc<Tracker>, store: S, interval: Duration, mut stop: watch::Receiver<bool>) {
     let mut saved = 0u64;
     loop {
         let stopping = *stop.borrow() || tokio::select! {
@@ -174,12 +189,9 @@ pub async fn run_saver(tracker: Arc<Tracker>, store: CheckpointStore, interval: 
         let (pos, version) = tracker.position();
         if version != saved {
             if let Some(p) = pos {
-                let (store, source) = (store.clone(), tracker.source.clone());
-                let res = tokio::task::spawn_blocking(move || store.save(&source, &p)).await;
-                match res {
-                    Ok(Ok(())) => saved = version,
-                    Ok(Err(e)) => tracing::error!(source = %tracker.source, "cannot save checkpoint: {e}; will retry"),
-                    Err(e) => tracing::error!("checkpoint task failed: {e}"),
+                match store.persist(&tracker.source, p).await {
+                    Ok(()) => saved = version,
+                    Err(e) => tracing::error!(source = %tracker.source, "cannot save checkpoint: {e:#}; will retry"),
                 }
             }
         }

@@ -32,7 +32,8 @@ pub struct Mongo {
 
 enum Kind {
     External { uri: String },
-    Local { dir: TempDir, port: u16, child: Option<Child> },
+    /// `flags`: the launcher's own options (`--no-change-streams`, `--lose-history`).
+    Local { dir: TempDir, port: u16, child: Option<Child>, flags: &'static [&'static str] },
 }
 
 impl Mongo {
@@ -40,6 +41,26 @@ impl Mongo {
     /// driver can ping it; or, when `OPLET_TEST_MONGODB_URI` is set, returns a handle
     /// to that server.
     pub fn start() -> Mongo {
+        Mongo::start_with(&[])
+    }
+
+    /// Like [`Mongo::start`], but the local server refuses every `$changeStream` the
+    /// way a standalone mongod does (error 40573), for the polling fallback. An
+    /// external server (`OPLET_TEST_MONGODB_URI`) is returned as it is: check
+    /// [`Mongo::is_external`] and force polling there instead.
+    pub fn start_without_change_streams() -> Mongo {
+        Mongo::start_with(&["--no-change-streams"])
+    }
+
+    /// Like [`Mongo::start`], but the local server refuses every change stream that
+    /// resumes from a token with error 286 ChangeStreamHistoryLost (an oplog that no
+    /// longer holds it); streams without a token work. An external server is
+    /// returned as it is (it cannot be made to lose history): check `is_external`.
+    pub fn start_losing_history() -> Mongo {
+        Mongo::start_with(&["--lose-history"])
+    }
+
+    fn start_with(flags: &'static [&'static str]) -> Mongo {
         if let Ok(uri) = std::env::var(MONGODB_URI_ENV) {
             if !uri.trim().is_empty() {
                 return Mongo { kind: Kind::External { uri } };
@@ -48,7 +69,7 @@ impl Mongo {
         require(Service::Nx27017);
         let started = Instant::now();
         let mut mongo = Mongo {
-            kind: Kind::Local { dir: crate::temp_dir(), port: crate::free_port(), child: None },
+            kind: Kind::Local { dir: crate::temp_dir(), port: crate::free_port(), child: None, flags },
         };
         mongo.start_again();
         eprintln!("[oplet-tests] nx-27017 at {} ready in {:?}", mongo.uri(), started.elapsed());
@@ -117,7 +138,7 @@ impl Mongo {
     pub fn start_again(&mut self) {
         let log = self.log_path();
         let uri = self.uri();
-        let Kind::Local { dir, port, child } = &mut self.kind else {
+        let Kind::Local { dir, port, child, flags } = &mut self.kind else {
             panic!("cannot stop an external server ({MONGODB_URI_ENV} is set); check is_external()");
         };
         if child.is_some() {
@@ -139,6 +160,7 @@ impl Mongo {
             .arg(dir.path().join("nx.pid"))
             .arg("--log-file")
             .arg(dir.path().join("nx-server.log"))
+            .args(flags.iter())
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log file handle"))

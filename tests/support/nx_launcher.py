@@ -8,6 +8,14 @@ e.g. `nx_launcher.py --db FILE -p PORT --pid-file FILE --log-file FILE`.
 
 nx-27017 logs every command at INFO (useful when a test fails, ~12% slower); set
 OPLET_TEST_NX_LOG_LEVEL=WARNING for throughput runs.
+
+Two options of our own (taken out before nx-27017 sees the arguments) make it fail
+the way a MongoDB deployment can, for the MongoDB source's tests:
+  --no-change-streams  refuse every `$changeStream` as a standalone mongod does
+                       (error 40573, "only supported on replica sets");
+  --lose-history       refuse every change stream that resumes from a token with
+                       error 286 ChangeStreamHistoryLost, as a server whose oplog
+                       no longer holds that token does; a stream without one works.
 """
 
 import itertools
@@ -19,7 +27,39 @@ import nx_27017.changestream
 
 nx_27017.changestream._cursor_id_counter = itertools.count(2**40)
 
+from nx_27017.changestream import extract_change_stream_options  # noqa: E402
+from nx_27017.handler import NeoSQLiteHandler  # noqa: E402
 from nx_27017.nx_27017 import main  # noqa: E402 - after the patch, on purpose
+
+_open_change_stream = NeoSQLiteHandler._handle_change_stream
+
+
+def _refuse_change_streams(self, request_id, *args, **kwargs):
+    return request_id, {
+        "ok": 0,
+        "errmsg": "The $changeStream stage is only supported on replica sets",
+        "code": 40573,
+        "codeName": "Location40573",
+    }
+
+
+def _lose_history(self, request_id, coll_name, pipeline, *args, **kwargs):
+    options = extract_change_stream_options(pipeline)
+    if options.get("resume_after") is not None or options.get("start_after") is not None:
+        return request_id, {
+            "ok": 0,
+            "errmsg": "Executor error during getMore :: caused by :: cannot resume stream; "
+            "the resume token was not found",
+            "code": 286,
+            "codeName": "ChangeStreamHistoryLost",
+        }
+    return _open_change_stream(self, request_id, coll_name, pipeline, *args, **kwargs)
+
+
+for _flag, _patch in (("--no-change-streams", _refuse_change_streams), ("--lose-history", _lose_history)):
+    if _flag in sys.argv:
+        sys.argv.remove(_flag)
+        NeoSQLiteHandler._handle_change_stream = _patch
 
 _level = os.environ.get("OPLET_TEST_NX_LOG_LEVEL")
 if _level:

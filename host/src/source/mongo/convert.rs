@@ -1,0 +1,298 @@
+//! A raw change-stream document → an `Event`, leniently.
+//!
+//! Events are read as raw BSON, not the driver's typed `ChangeStreamEvent`,
+//! because MongoDB-compatible servers differ: `clusterTime` may be a date instead
+//! of a timestamp, `updateDescription` may be missing or null, `fullDocument._id`
+//! may come back in another shape than `documentKey._id`. Each such oddity is
+//! logged once per stream and mapped to the nearest honest value; none is fatal.
+
+use super::checkpoints::token_position;
+use super::Target;
+use crate::checkpoint::Position;
+use crate::source::bson_value;
+use mongodb::bson::raw::{RawBsonRef, RawDocument};
+use mongodb::bson::Bson;
+use oplet_sdk::{Change, Event, EventBody, OperationType, Value};
+use std::collections::HashSet;
+
+pub struct Converter {
+    source: String,
+    label: String,
+    /// The namespace to use when an event has none (a collection target's).
+    fallback: (String, String),
+    seen: HashSet<&'static str>,
+}
+
+impl Converter {
+    pub fn new(source: &str, target: &Target) -> Converter {
+        let fallback = match target {
+            Target::Collection { db, coll } => (db.clone(), coll.clone()),
+            Target::Database(db) => (db.clone(), String::new()),
+            Target::Deployment => (String::new(), String::new()),
+        };
+        Converter { source: source.into(), label: target.label(), fallback, seen: HashSet::new() }
+    }
+
+    /// The event's stable id and the position after it, from its `_id` (the resume token).
+    pub fn token(&self, raw: &RawDocument) -> Result<(String, Position), String> {
+        let token = raw
+            .get("_id")
+            .map_err(|e| format!("unreadable _id (resume token): {e}"))?
+            .ok_or("no _id (resume token); a pipeline must not remove it")?;
+        let ns = self.namespace(raw);
+        if let RawBsonRef::Document(d) = token {
+            if let Ok(data) = d.get_str("_data") {
+                return Ok((format!("{}.{}:{data}", ns.0, ns.1), serde_json::json!({ "token": { "_data": data } })));
+            }
+        }
+        let bson = Bson::try_from(token).map_err(|e| format!("unreadable resume token: {e}"))?;
+        let position = token_position(bson);
+        Ok((format!("{}.{}:{}", ns.0, ns.1, position["token"]), position))
+    }
+
+    fn namespace<'a>(&'a self, raw: &'a RawDocument) -> (&'a str, &'a str) {
+        let ns = raw.get_document("ns").ok();
+        let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or(&self.fallback.0);
+        let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or(&self.fallback.1);
+        (db, coll)
+    }
+
+    /// The event for `raw` (its `seq` is set when it is sent).
+    pub fn event(&mut self, raw: &RawDocument, id: String) -> Result<Event, String> {
+        let mut op = None;
+        let mut key = Value::Null;
+        let mut full = None;
+        let mut before = None;
+        let mut update = None;
+        let mut cluster_time = None;
+        let mut wall_time = None;
+        for element in raw {
+            let (name, value) = element.map_err(|e| format!("unreadable change event: {e}"))?;
+            let conv = |v| bson_value::value_of(v).map_err(|e| format!("field {name}: {e}"));
+            match name {
+                "operationType" => op = Some(value),
+                "documentKey" => key = conv(value)?,
+                "fullDocument" => full = Some(conv(value)?),
+                "fullDocumentBeforeChange" => before = Some(conv(value)?),
+                "updateDescription" => update = Some(value),
+                "clusterTime" => cluster_time = Some(value),
+                "wallTime" => wall_time = Some(value),
+                _ => {}
+            }
+        }
+        let op = match op {
+            Some(RawBsonRef::String(s)) => OperationType::parse(s),
+            _ => {
+                self.odd("a change event without a string operationType", "it is delivered with operation \"unknown\"");
+                OperationType::Other("unknown".into())
+            }
+        };
+        let (db, coll) = {
+            let (db, coll) = self.namespace(raw);
+            (db.to_string(), coll.to_string())
+        };
+        if raw.get_document("ns").is_err() && !matches!(op, OperationType::Invalidate) {
+            self.odd("a change event without ns", "the watched namespace is used");
+        }
+        let mut full = full.filter(|v| !v.is_null());
+        if let (Some(Value::Map(doc)), Some(id)) = (full.as_mut(), key.get("_id")) {
+            if doc.get("_id") != Some(id) {
+                self.odd("fullDocument._id unlike documentKey._id", "documentKey._id is used in the full document");
+                doc.insert("_id".into(), id.clone());
+            }
+        }
+        let (updated_fields, removed_fields) = match update {
+            Some(RawBsonRef::Document(d)) => self.update_description(d)?,
+            _ if op == OperationType::Update => {
+                self.odd("update events without updateDescription", "updated and removed fields are left empty");
+                (None, None)
+            }
+            _ => (None, None),
+        };
+        let time_ms = self.time_ms(wall_time, cluster_time);
+        let change = Change {
+            op,
+            db,
+            coll,
+            key,
+            full_document: full,
+            updated_fields,
+            removed_fields,
+            before: before.filter(|v| !v.is_null()),
+        };
+        Ok(Event { seq: 0, id, source: self.source.clone(), time_ms, body: EventBody::Change(change) })
+    }
+
+    fn update_description(&mut self, d: &RawDocument) -> Result<(Option<oplet_sdk::Map>, Option<Vec<String>>), String> {
+        let updated = match d.get("updatedFields") {
+            Ok(Some(RawBsonRef::Document(u))) => Some(bson_value::map(u).map_err(|e| format!("updatedFields: {e}"))?),
+            _ => None,
+        };
+        let removed = match d.get("removedFields") {
+            Ok(Some(RawBsonRef::Array(a))) => {
+                let mut out = Vec::new();
+                for v in a {
+                    match v {
+                        Ok(RawBsonRef::String(s)) => out.push(s.to_string()),
+                        _ => self.odd("a removedFields entry that is not a string", "it is left out"),
+                    }
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        Ok((updated, removed))
+    }
+
+    /// wallTime (a date, ms precision) when sent, else clusterTime: a timestamp (s
+    /// precision), or a date on some compatible servers; else now.
+    fn time_ms(&mut self, wall: Option<RawBsonRef<'_>>, cluster: Option<RawBsonRef<'_>>) -> i64 {
+        let from_cluster = match cluster {
+            Some(RawBsonRef::Timestamp(ts)) => Some(i64::from(ts.time) * 1000),
+            Some(RawBsonRef::DateTime(d)) => {
+                self.odd("clusterTime as a date instead of a timestamp", "it is read as a date");
+                Some(d.timestamp_millis())
+            }
+            _ => None,
+        };
+        match (wall, from_cluster) {
+            (Some(RawBsonRef::DateTime(d)), _) => d.timestamp_millis(),
+            (_, Some(ms)) => ms,
+            _ => {
+                self.odd("a change event without clusterTime or wallTime", "the host's clock is used");
+                crate::deadletter::now_ms()
+            }
+        }
+    }
+
+    /// Logs an oddity of the server the first time this stream meets it.
+    fn odd(&mut self, what: &'static str, consequence: &str) {
+        if self.seen.insert(what) {
+            tracing::warn!(source = %self.source, stream = %self.label, "the server sent {what}; {consequence} (said once per stream)");
+        }
+    }
+
+    /// What the converter has noticed so far (for tests).
+    #[cfg(test)]
+    fn oddities(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.seen.iter().copied().collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{rawdoc, DateTime, Timestamp};
+
+    fn target() -> Target {
+        Target::Collection { db: "app".into(), coll: "items".into() }
+    }
+
+    fn convert(c: &mut Converter, raw: &RawDocument) -> Event {
+        let (id, _) = c.token(raw).unwrap();
+        c.event(raw, id).unwrap()
+    }
+
+    fn change(e: &Event) -> &Change {
+        match &e.body {
+            EventBody::Change(c) => c,
+            _ => panic!("a change"),
+        }
+    }
+
+    #[test]
+    fn a_mongodb_update_maps_every_field() {
+        let raw = rawdoc! {
+            "_id": { "_data": "8263A1" },
+            "operationType": "update",
+            "clusterTime": Timestamp { time: 1_700_000_000, increment: 1 },
+            "wallTime": DateTime::from_millis(1_700_000_000_250),
+            "ns": { "db": "app", "coll": "items" },
+            "documentKey": { "_id": "a" },
+            "updateDescription": { "updatedFields": { "n": 2_i32, "p.q": true }, "removedFields": ["old"], "truncatedArrays": [] },
+            "fullDocument": { "_id": "a", "n": 2_i32 },
+            "fullDocumentBeforeChange": { "_id": "a", "n": 1_i32 },
+        };
+        let mut c = Converter::new("mongo", &target());
+        let (id, position) = c.token(&raw).unwrap();
+        assert_eq!(id, "app.items:8263A1");
+        assert_eq!(position, serde_json::json!({"token": {"_data": "8263A1"}}));
+        let e = c.event(&raw, id).unwrap();
+        assert_eq!((e.source.as_str(), e.time_ms), ("mongo", 1_700_000_000_250), "wallTime wins: ms precision");
+        let ch = change(&e);
+        assert_eq!(ch.op, OperationType::Update);
+        assert_eq!(ch.namespace(), "app.items");
+        assert_eq!(ch.key.to_json(), r#"{"_id":"a"}"#);
+        assert_eq!(ch.updated_fields.as_ref().unwrap().get("p.q"), Some(&Value::Bool(true)));
+        assert_eq!(ch.removed_fields, Some(vec!["old".to_string()]));
+        assert_eq!(ch.full_document.as_ref().unwrap().get("n"), Some(&Value::Int(2)));
+        assert_eq!(ch.before.as_ref().unwrap().get("n"), Some(&Value::Int(1)));
+        assert!(c.oddities().is_empty(), "{:?}", c.oddities());
+    }
+
+    #[test]
+    fn an_nx_27017_event_is_read_leniently_and_each_oddity_is_noted_once() {
+        let raw = rawdoc! {
+            "_id": { "_data": "nx:7" },
+            "operationType": "update",
+            "clusterTime": DateTime::from_millis(1_700_000_000_500),
+            "fullDocument": { "_id": { "__neosqlite_objectid__": true, "id": "65a1f0c2e4b0a1b2c3d4e5f6" }, "connection": 1_i32 },
+            "ns": { "db": "app", "coll": "items" },
+            "documentKey": { "_id": mongodb::bson::oid::ObjectId::parse_str("65a1f0c2e4b0a1b2c3d4e5f6").unwrap() },
+            "updateDescription": null,
+        };
+        let mut c = Converter::new("mongo", &target());
+        let e = convert(&mut c, &raw);
+        assert_eq!(e.time_ms, 1_700_000_000_500, "a clusterTime date is read as a date");
+        let ch = change(&e);
+        assert_eq!(ch.updated_fields, None);
+        assert_eq!(ch.removed_fields, None);
+        let full = ch.full_document.as_ref().unwrap();
+        assert_eq!(full.get("_id"), ch.key.get("_id"), "fullDocument._id is taken from documentKey");
+        assert!(full.get("connection").unwrap().is_truthy(), "1 reads as true for plugins that ask leniently");
+        let once = c.oddities();
+        assert_eq!(
+            once,
+            vec!["clusterTime as a date instead of a timestamp", "fullDocument._id unlike documentKey._id", "update events without updateDescription"]
+        );
+        convert(&mut c, &raw);
+        assert_eq!(c.oddities(), once, "nothing new the second time");
+    }
+
+    #[test]
+    fn a_missing_update_description_or_time_or_op_is_not_fatal() {
+        let raw = rawdoc! { "_id": { "_data": "t" }, "documentKey": { "_id": 1_i32 } };
+        let mut c = Converter::new("mongo", &target());
+        let e = convert(&mut c, &raw);
+        let ch = change(&e);
+        assert_eq!(ch.op, OperationType::Other("unknown".into()));
+        assert_eq!(ch.namespace(), "app.items", "the watched namespace stands in");
+        assert!(e.time_ms > 1_600_000_000_000, "now");
+        assert_eq!(e.id, "app.items:t");
+    }
+
+    #[test]
+    fn a_delete_has_no_document_and_a_null_full_document_is_none() {
+        let raw = rawdoc! {
+            "_id": { "_data": "d" }, "operationType": "delete", "ns": { "db": "app", "coll": "items" },
+            "documentKey": { "_id": "a" }, "fullDocument": null, "clusterTime": Timestamp { time: 5, increment: 0 },
+        };
+        let mut c = Converter::new("mongo", &target());
+        let e = convert(&mut c, &raw);
+        assert_eq!(e.time_ms, 5000);
+        assert_eq!(change(&e).full_document, None);
+        assert_eq!(change(&e).op, OperationType::Delete);
+    }
+
+    #[test]
+    fn a_token_of_another_shape_is_kept_whole() {
+        let raw = rawdoc! { "_id": { "ts": 5_i64, "n": 1_i32 }, "operationType": "insert", "ns": { "db": "d", "coll": "c" } };
+        let c = Converter::new("mongo", &Target::Deployment);
+        let (id, position) = c.token(&raw).unwrap();
+        assert_eq!(position, serde_json::json!({"token": {"ts": {"$numberLong": "5"}, "n": {"$numberInt": "1"}}}));
+        assert!(id.starts_with("d.c:{"), "{id}");
+        assert!(c.token(&rawdoc! { "operationType": "insert" }).unwrap_err().contains("no _id"));
+    }
+}
