@@ -4,15 +4,16 @@
 //! at start and skipped, so an event replayed after a crash never writes a second
 //! record. Tickets are released only after the batch holding them is on disk.
 
+use super::batch::{next_batch, BatchQueue};
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use oplet_sdk::{Event, Value};
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Item {
     key: String,
@@ -24,8 +25,7 @@ struct Item {
 }
 
 pub struct AuditHandle {
-    tx: std::sync::Mutex<Option<SyncSender<Item>>>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    queue: BatchQueue<Item>,
 }
 
 impl AuditHandle {
@@ -40,15 +40,14 @@ impl AuditHandle {
             .append(true)
             .open(path)
             .map_err(|e| anyhow::anyhow!("cannot open audit file {}: {e}", path.display()))?;
-        let (tx, rx) = sync_channel(queue.max(1));
         let writer = Writer { path: path.to_path_buf(), file, seen, batch_max: batch_max.max(1), batch: Duration::from_millis(batch_ms), dead };
-        let thread = std::thread::Builder::new().name("oplet-audit".into()).spawn(move || writer.run(rx))?;
-        Ok(AuditHandle { tx: std::sync::Mutex::new(Some(tx)), thread: std::sync::Mutex::new(Some(thread)) })
+        let queue = BatchQueue::start("oplet-audit", queue, move |rx| writer.run(rx))?;
+        Ok(AuditHandle { queue })
     }
 
     /// Queues one record; blocks while the writer is behind.
     pub fn append(&self, plugin: &str, event: &Arc<Event>, index: usize, record: Value, ticket: Ticket) {
-        let key = format!("{plugin}:{}:{index}", event.id);
+        let key = record_key(plugin, event, index);
         let line = serde_json::json!({
             "key": key,
             "plugin": plugin,
@@ -60,20 +59,21 @@ impl AuditHandle {
         })
         .to_string();
         let item = Item { key, line, event: event.clone(), plugin: plugin.to_string(), _ticket: ticket };
-        let tx = self.tx.lock().expect("audit sender lock").clone();
-        match tx {
-            Some(tx) if tx.send(item).is_ok() => {}
-            _ => tracing::error!(plugin, seq = event.seq, "audit writer has stopped; record not written, event not checkpointed"),
+        if self.queue.send(item).is_err() {
+            tracing::error!(plugin, seq = event.seq, "audit writer has stopped; record not written, event not checkpointed");
         }
     }
 
     /// Writes what is queued and stops the writer.
     pub async fn shutdown(&self) {
-        self.tx.lock().expect("audit sender lock").take();
-        if let Some(t) = self.thread.lock().expect("audit thread lock").take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        self.queue.close().await;
     }
+}
+
+/// The key of the `index`-th effect of `event` from `plugin`: the same on every
+/// replay of the event, so a record is written once (here and in PostgreSQL).
+pub fn record_key(plugin: &str, event: &Event, index: usize) -> String {
+    format!("{plugin}:{}:{index}", event.id)
 }
 
 fn load_keys(path: &Path) -> anyhow::Result<HashSet<String>> {
@@ -110,17 +110,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Item>) {
-        let mut batch = Vec::with_capacity(self.batch_max);
-        while let Ok(first) = rx.recv() {
-            batch.push(first);
-            let deadline = Instant::now() + self.batch;
-            while batch.len() < self.batch_max {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(item) => batch.push(item),
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
+        while let Some(mut batch) = next_batch(&rx, self.batch_max, self.batch) {
             self.write(&mut batch);
         }
     }

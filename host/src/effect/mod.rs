@@ -8,6 +8,7 @@
 //! durably applied.
 
 pub mod audit;
+pub mod batch;
 pub mod postgres;
 pub mod redis;
 
@@ -60,6 +61,10 @@ impl Effects {
             match effect {
                 Effect::Log { level, message } => log(plugin, event, level, &message),
                 Effect::Audit { record } => {
+                    if let Some(rows) = self.ex.rows.as_ref().filter(|r| r.keeps_audit()) {
+                        let key = audit::record_key(plugin, event, index);
+                        rows.audit(plugin, event, key, record.clone(), ticket.clone());
+                    }
                     let audit = self.ex.audit.as_ref().expect("checked by executor_for");
                     audit.append(plugin, event, index, record, ticket.clone());
                 }

@@ -1,31 +1,367 @@
 //! Redis executor: cache deletes, pipelined (many events per round trip).
-//! STUB — owned by the issue-4 work: replace the body, keep the public API.
+//!
+//! Plugin workers queue one item per cache-delete effect (`delete`, blocking while
+//! the queue is full). One thread takes them in batches and sends their keys as a
+//! few `UNLINK` (or `DEL`) commands in a single pipeline; an item's ticket is
+//! dropped when the reply covering it has arrived. Connection errors are retried with backoff on a fresh connection;
+//! an item still failing after the retries, or refused by the server for good
+//! (`NOPERM`...), is dead-lettered with the error. Deletes are idempotent and
+//! commute, so a retried or replayed batch is harmless.
 
+use super::batch::{next_batch, Backoff, BatchQueue};
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use oplet_sdk::Event;
 use serde::Deserialize;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://127.0.0.1:6379/0`
+    /// `redis://127.0.0.1:6379/0` (`rediss://` is not supported by this build).
     pub url: String,
+    /// Cache-delete effects per pipeline at most.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// How long a pipeline may wait for more effects after the first.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u64,
+    /// Effects buffered before plugin workers block.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Attempts after the first before a failing delete is dead-lettered.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First wait before a retry; doubles up to `backoff_max_ms`.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// `unlink` (frees memory off the main thread, Redis >= 4) or `del`.
+    #[serde(default)]
+    pub command: DeleteCommand,
+    /// Time limit for connecting and for each pipeline's replies.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
-pub struct RedisHandle {}
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteCommand {
+    #[default]
+    Unlink,
+    Del,
+}
+
+impl DeleteCommand {
+    fn name(self) -> &'static str {
+        match self {
+            DeleteCommand::Unlink => "UNLINK",
+            DeleteCommand::Del => "DEL",
+        }
+    }
+}
+
+fn default_batch_max() -> usize {
+    512
+}
+fn default_batch_ms() -> u64 {
+    2
+}
+fn default_queue() -> usize {
+    4096
+}
+fn default_retries() -> u32 {
+    10
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    5_000
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+impl RedisConfig {
+    /// A config with every default, for `url`.
+    pub fn new(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.to_string(),
+            batch_max: default_batch_max(),
+            batch_ms: default_batch_ms(),
+            queue: default_queue(),
+            retries: default_retries(),
+            backoff_ms: default_backoff_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            command: DeleteCommand::default(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+struct Item {
+    plugin: String,
+    event: Arc<Event>,
+    keys: Vec<String>,
+    /// Held, never read: dropping it once the reply is in marks the event done.
+    _ticket: Ticket,
+}
+
+pub struct RedisHandle {
+    queue: BatchQueue<Item>,
+    dead: Arc<DeadLetters>,
+}
 
 impl RedisHandle {
-    /// Starts the executor (connects lazily, retries with backoff).
-    pub fn start(_cfg: &RedisConfig, _dead: Arc<DeadLetters>) -> anyhow::Result<RedisHandle> {
-        anyhow::bail!("the Redis executor is not built yet")
+    /// Starts the executor thread. It connects at once but a Redis that is down
+    /// only delays deletes (logged, retried); a malformed URL is an error here.
+    pub fn start(cfg: &RedisConfig, dead: Arc<DeadLetters>) -> anyhow::Result<RedisHandle> {
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| anyhow::anyhow!("[redis] url {:?} is invalid: {e}", cfg.url))?;
+        let sink = Sink { cfg: cfg.clone(), client, conn: None, dead: dead.clone() };
+        let queue = BatchQueue::start("oplet-redis", cfg.queue, move |rx| sink.run(rx))?;
+        Ok(RedisHandle { queue, dead })
     }
 
     /// Queues a delete of `keys` (already capability-checked); blocks while the
     /// executor is behind. The ticket is dropped once the keys are deleted.
-    pub fn delete(&self, _plugin: &str, _event: &Arc<Event>, _keys: Vec<String>, _ticket: Ticket) {}
+    pub fn delete(&self, plugin: &str, event: &Arc<Event>, keys: Vec<String>, ticket: Ticket) {
+        if keys.is_empty() {
+            return;
+        }
+        let item = Item { plugin: plugin.to_string(), event: event.clone(), keys, _ticket: ticket };
+        if let Err(item) = self.queue.send(item) {
+            tracing::error!(plugin, seq = event.seq, "Redis executor has stopped; cache delete dead-lettered");
+            self.dead.record(&stage(&item.plugin), &item.event, "Redis executor has stopped");
+        }
+    }
 
     /// Applies what is queued, then stops.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        self.queue.close().await;
+    }
+}
+
+fn stage(plugin: &str) -> String {
+    format!("sink:redis ({plugin})")
+}
+
+struct Sink {
+    cfg: RedisConfig,
+    client: redis::Client,
+    conn: Option<redis::aio::MultiplexedConnection>,
+    dead: Arc<DeadLetters>,
+}
+
+/// Keys per `UNLINK` command at most: large enough that Redis spends its time
+/// deleting rather than dispatching commands, small enough to keep each command
+/// short on the server's single thread.
+const KEYS_PER_COMMAND: usize = 1024;
+
+/// What became of one item (or command) in one attempt.
+#[derive(Clone)]
+enum Outcome {
+    Done,
+    /// Worth another attempt (connection lost, server loading or read-only...).
+    Retry(String),
+    /// The server refused it for good.
+    Refused(String),
+}
+
+impl Sink {
+    fn run(mut self, rx: Receiver<Item>) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("Redis executor cannot start its runtime: {e}; every cache delete will be dead-lettered");
+                while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), Duration::ZERO) {
+                    self.give_up(batch, &format!("Redis executor has no runtime: {e}"));
+                }
+                return;
+            }
+        };
+        if let Err(e) = rt.block_on(self.connect()) {
+            tracing::warn!(url = %self.cfg.url, "Redis is not reachable yet ({e}); cache deletes will wait and retry");
+        }
+        let window = Duration::from_millis(self.cfg.batch_ms);
+        while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), window) {
+            rt.block_on(self.apply(batch));
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, String> {
+        if self.conn.is_none() {
+            let timeout = Some(Duration::from_millis(self.cfg.timeout_ms));
+            let config =
+                redis::AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
+            let conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(|e| format!("cannot connect to Redis at {}: {e}", self.cfg.url))?;
+            tracing::info!(url = %self.cfg.url, "connected to Redis");
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Applies a batch: every item is deleted, or dead-lettered with its error.
+    async fn apply(&mut self, mut pending: Vec<Item>) {
+        let backoff = Backoff::new(self.cfg.retries, self.cfg.backoff_ms, self.cfg.backoff_max_ms);
+        let mut attempt = 0;
+        loop {
+            let outcomes = self.attempt(&pending).await;
+            let mut retry = Vec::new();
+            let mut last_error = String::new();
+            for (item, outcome) in pending.into_iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Done => {} // dropping the item releases its ticket
+                    Outcome::Refused(e) => {
+                        tracing::error!(plugin = %item.plugin, seq = item.event.seq, "Redis refused a cache delete: {e}; dead-lettered");
+                        self.dead.record(&stage(&item.plugin), &item.event, &format!("Redis refused {:?}: {e}", item.keys));
+                    }
+                    Outcome::Retry(e) => {
+                        last_error = e;
+                        retry.push(item);
+                    }
+                }
+            }
+            if retry.is_empty() {
+                return;
+            }
+            attempt += 1;
+            let Some(delay) = backoff.delay(attempt) else {
+                self.give_up(retry, &format!("Redis still failing after {} retries: {last_error}", self.cfg.retries));
+                return;
+            };
+            tracing::warn!(
+                "Redis: {} cache delete(s) failed: {last_error}; retry {attempt}/{} in {delay:?}",
+                retry.len(),
+                self.cfg.retries
+            );
+            tokio::time::sleep(delay).await;
+            pending = retry;
+        }
+    }
+
+    /// One pipeline: the keys of consecutive items share `UNLINK` commands of up
+    /// to `KEYS_PER_COMMAND` keys. A command Redis refuses for good is sent again
+    /// as one command per item, so the refusal lands on the item that caused it.
+    /// One outcome per item.
+    async fn attempt(&mut self, items: &[Item]) -> Vec<Outcome> {
+        let mut commands = Vec::new();
+        let mut start = 0;
+        let mut keys = 0;
+        for (i, item) in items.iter().enumerate() {
+            if keys > 0 && keys + item.keys.len() > KEYS_PER_COMMAND {
+                commands.push(start..i);
+                (start, keys) = (i, 0);
+            }
+            keys += item.keys.len();
+        }
+        commands.push(start..items.len());
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(items.len());
+        let mut refused = Vec::new();
+        for (range, outcome) in commands.iter().zip(self.pipeline(items, &commands).await) {
+            match outcome {
+                Outcome::Refused(_) if range.len() > 1 => {
+                    refused.extend(range.clone());
+                    outcomes.extend(range.clone().map(|_| Outcome::Done));
+                }
+                other => {
+                    outcomes.extend(range.clone().skip(1).map(|_| other.clone()));
+                    outcomes.push(other);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            let singles: Vec<_> = refused.iter().map(|&i| i..i + 1).collect();
+            for (i, outcome) in refused.into_iter().zip(self.pipeline(items, &singles).await) {
+                outcomes[i] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// Sends one delete command per range of items, all in one pipeline; one
+    /// outcome per command.
+    async fn pipeline(&mut self, items: &[Item], commands: &[std::ops::Range<usize>]) -> Vec<Outcome> {
+        let all = |e: String| commands.iter().map(|_| Outcome::Retry(e.clone())).collect();
+        let command = self.cfg.command.name();
+        let conn = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return all(e),
+        };
+        let mut pipe = redis::pipe();
+        for range in commands {
+            let cmd = pipe.cmd(command);
+            for item in &items[range.clone()] {
+                cmd.arg(&item.keys);
+            }
+        }
+        match pipe.ignore_errors().query_async::<Vec<redis::RedisResult<i64>>>(conn).await {
+            Ok(replies) if replies.len() == commands.len() => replies
+                .into_iter()
+                .map(|r| match r {
+                    Ok(_) => Outcome::Done,
+                    Err(e) if transient(&e) => Outcome::Retry(e.to_string()),
+                    Err(e) => Outcome::Refused(e.to_string()),
+                })
+                .collect(),
+            Ok(replies) => {
+                self.conn = None;
+                all(format!("expected {} replies from Redis, got {}", commands.len(), replies.len()))
+            }
+            Err(e) => {
+                // The connection may be half-read: start the next attempt afresh.
+                self.conn = None;
+                all(e.to_string())
+            }
+        }
+    }
+
+    fn give_up(&self, items: Vec<Item>, error: &str) {
+        tracing::error!("{error}; dead-lettering {} cache delete(s)", items.len());
+        for item in items {
+            self.dead.record(&stage(&item.plugin), &item.event, &format!("cache delete of {:?}: {error}", item.keys));
+        }
+    }
+}
+
+/// Whether a per-command error from Redis may pass by itself.
+fn transient(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            )
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_with_only_a_url_takes_the_defaults_and_typos_are_refused() {
+        let cfg: RedisConfig = toml::from_str("url = \"redis://127.0.0.1:6379/\"").unwrap();
+        assert_eq!(cfg.batch_max, 512);
+        assert_eq!(cfg.command, DeleteCommand::Unlink);
+        let err = toml::from_str::<RedisConfig>("url = \"redis://x/\"\nbatch_mx = 3").unwrap_err();
+        assert!(err.to_string().contains("batch_mx"), "{err}");
+        let cfg: RedisConfig = toml::from_str("url = \"redis://x/\"\ncommand = \"del\"").unwrap();
+        assert_eq!(cfg.command.name(), "DEL");
+    }
 }
