@@ -2,9 +2,10 @@
 //! (cache-invalidate, audit-log, pg-sync), a real redis-server and a real
 //! PostgreSQL: changes become deleted keys, mirrored rows and audit records; a
 //! crash and replay duplicates nothing; SQL-looking data stays data; an ungranted
-//! table is refused; PostgreSQL going away mid-stream loses nothing.
+//! table is refused; PostgreSQL going away mid-stream loses nothing; and the same
+//! from real MongoDB writes (nx-27017, or `OPLET_TEST_MONGODB_URI`).
 
-use oplet_tests::{install_plugin, install_plugin_from, repo_root, wasm_plugins, Oplet, Postgres, Redis, TempDir};
+use oplet_tests::{install_plugin, install_plugin_from, repo_root, wasm_plugins, Mongo, Oplet, Postgres, Redis, TempDir};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::io::Write;
@@ -21,15 +22,18 @@ struct Host {
 }
 
 impl Host {
-    /// `sinks`: the `[redis]`/`[postgres]`/`[grants]` part of the config.
+    /// A host that follows `events.jsonl`; `sinks`: the `[redis]`/`[postgres]`/
+    /// `[grants]` part of the config.
     fn new(sinks: &str) -> Host {
+        let source = "[[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"events.jsonl\"\nfollow = true\n";
+        Host::with_source(source, sinks)
+    }
+
+    fn with_source(source: &str, sinks: &str) -> Host {
         let dir = oplet_tests::temp_dir();
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
-        let config = format!(
-            "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\ndebounce_ms = 30\n\
-             [[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"events.jsonl\"\nfollow = true\n{sinks}\n"
-        );
+        let config = format!("state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\ndebounce_ms = 30\n{source}{sinks}\n");
         std::fs::write(dir.path().join("oplet.toml"), config).unwrap();
         Host { dir }
     }
@@ -377,6 +381,66 @@ async fn a_postgres_that_is_down_at_start_only_delays_the_rows() {
     tokio::task::block_in_place(|| pg.start_again());
     let db = pg.client().await;
     eventually(&oplet, "the 10 rows", || async { (count(&db, "users").await == 10).then_some(()) }).await;
+    assert!(host.dead_letters().is_empty(), "{:?}", host.dead_letters());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_writes_become_deleted_keys_mirrored_rows_and_audit_records() {
+    use mongodb::bson::{doc, oid::ObjectId, Document};
+    let (mongo, redis, pg) = (Mongo::start(), Redis::start(), Postgres::start());
+    let db = pg.client().await;
+    db.batch_execute(USERS).await.unwrap();
+    // A database of its own, in case the server is a shared one (OPLET_TEST_MONGODB_URI).
+    let dbname = format!("app_{}_{}", std::process::id(), oplet_tests::free_port());
+    let source = format!(
+        "[[source]]\ntype = \"mongo\"\nname = \"mongo\"\nuri = \"{}\"\ncollections = [\"{dbname}.users\"]\n\
+         full_document = \"updateLookup\"\n",
+        mongo.uri()
+    );
+    let host = Host::with_source(&source, &sinks(&redis, &pg, ""));
+    for p in ["cache-invalidate", "audit-log", "pg-sync"] {
+        let manifest = std::fs::read_to_string(repo_root().join(format!("plugins/{p}/{p}.toml"))).unwrap();
+        install_plugin(&host.plugins(), p, &manifest.replace("\"app.", &format!("\"{dbname}.")));
+    }
+    let oplet = Oplet::start(&host.config());
+    oplet.wait_for_log("watching the change stream", WAIT).await.unwrap();
+
+    let users = mongo.client().await.database(&dbname).collection::<Document>("users");
+    let (ada, bob) = (ObjectId::new(), ObjectId::new());
+    let mut cache = redis.connection().await;
+    for key in [format!("user:{ada}"), format!("user:{bob}"), "user:uu-ada:profile".into()] {
+        let () = redis::cmd("SET").arg(&key).arg("cached").query_async(&mut cache).await.unwrap();
+    }
+    users.insert_one(doc! {"_id": ada, "email": "ada@x.io", "profile": {"name": "Ada"}, "uuid": "uu-ada"}).await.unwrap();
+    users.insert_one(doc! {"_id": bob, "email": "bob@x.io", "profile": {"name": "Bob"}, "uuid": "uu-bob"}).await.unwrap();
+    users.update_one(doc! {"_id": ada}, doc! {"$set": {"email": "ada@new.io", "profile.name": "Ada L."}}).await.unwrap();
+    users.delete_one(doc! {"_id": bob}).await.unwrap();
+
+    eventually(&oplet, "4 audit rows", || async { (count(&db, "oplet_audit").await == 4).then_some(()) }).await;
+    let rows = eventually(&oplet, "Ada updated and Bob gone", || async {
+        let rows: Vec<(String, Option<String>, Option<String>)> = db
+            .query("SELECT id, email, name FROM users ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        (rows.len() == 1 && rows[0].1.as_deref() == Some("ada@new.io")).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows, vec![(ada.to_hex(), Some("ada@new.io".into()), Some("Ada L.".into()))]);
+    let stored: Value = db.query_one("SELECT doc FROM users", &[]).await.unwrap().get(0);
+    assert_eq!((stored["email"].clone(), stored["uuid"].clone()), (json!("ada@new.io"), json!("uu-ada")));
+    eventually(&oplet, "the users' keys deleted", || async {
+        let mut c = redis.connection().await;
+        let gone = !exists(&mut c, &format!("user:{ada}")).await
+            && !exists(&mut c, &format!("user:{bob}")).await
+            && !exists(&mut c, "user:uu-ada:profile").await;
+        gone.then_some(())
+    })
+    .await;
+    let ops: Vec<String> = host.audit().iter().map(|r| r["record"]["op"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ops, ["insert", "insert", "update", "delete"]);
     assert!(host.dead_letters().is_empty(), "{:?}", host.dead_letters());
 }
 
