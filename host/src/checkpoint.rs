@@ -183,9 +183,13 @@ pub async fn run_saver<S: PositionStore>(tracker: Arc<Tracker>, store: S, interv
             _ = tracker.changed.notified() => false,
             _ = stop.changed() => true,
         };
-        if !stopping {
-            tokio::time::sleep(interval).await;
-        }
+        // Waits out the interval, but a stop cuts the wait short: shutdown must
+        // not take up to `interval` longer.
+        let stopping = stopping
+            || tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                _ = stop.changed() => true,
+            };
         let (pos, version) = tracker.position();
         if version != saved {
             if let Some(p) = pos {
@@ -221,6 +225,21 @@ mod tests {
         drop(a2);
         assert_eq!(t.position().0, Some(json!(3)));
         assert_eq!(t.watermark(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_interval_saves_at_once_and_ends_the_saver() {
+        let dir = std::env::temp_dir().join(format!("oplet-ckpt-stop-{}", std::process::id()));
+        let store = CheckpointStore::new(&dir).unwrap();
+        let tracker = Tracker::new("s", 1, None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let saver = tokio::spawn(run_saver(tracker.clone(), store.clone(), Duration::from_secs(600), stop_rx));
+        drop(tracker.ticket(1, Some(json!(1))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), saver).await.expect("the saver ends soon after stop").unwrap();
+        assert_eq!(store.load("s").unwrap(), Some(json!(1)), "the last position is saved on the way out");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
