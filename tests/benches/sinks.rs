@@ -1,8 +1,10 @@
 //! The sinks measured against real servers started by the test fixtures, through
 //! the host's own executors: rows/s into PostgreSQL batched (up to 1000 row
-//! operations per transaction) vs one row per round trip (`batch_max = 1`), and
-//! Redis keys/s pipelined vs one round trip per key. Each pair runs in the same
-//! process, alternating, three rounds; the medians and their ratio are printed.
+//! operations per transaction) vs one row per round trip (`batch_max = 1`), on a
+//! server with the test fixtures' fsync off and on one with PostgreSQL's default
+//! durability (fsync per commit); and Redis keys/s pipelined vs one round trip per
+//! key. Each pair runs in the same process, alternating, three rounds; the medians
+//! and their ratio are printed.
 //! Run: `cargo bench -p oplet-tests --bench sinks`.
 
 use oplet::checkpoint::Tracker;
@@ -17,44 +19,60 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 3;
 const PG_BATCHED_ROWS: u64 = 40_000;
 const PG_SINGLE_ROWS: u64 = 4_000;
+const PG_DURABLE_SINGLE_ROWS: u64 = 1_000;
 const REDIS_PIPELINED_KEYS: u64 = 200_000;
 const REDIS_SINGLE_KEYS: u64 = 10_000;
 
+/// Rates of one round, by measurement.
+#[derive(Default)]
+struct Rates {
+    pg_batched: Vec<f64>,
+    pg_single: Vec<f64>,
+    durable_batched: Vec<f64>,
+    durable_single: Vec<f64>,
+    redis_pipelined: Vec<f64>,
+    redis_single: Vec<f64>,
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let (pg, redis) = (Postgres::start(), Redis::start());
+    let (pg, durable, redis) = (Postgres::start(), Postgres::start_durable(), Redis::start());
     let dir = oplet_tests::temp_dir();
     let dead = Arc::new(DeadLetters::open(&dir.path().join("dead-letters.jsonl")).unwrap());
-    rt.block_on(async {
-        pg.client()
-            .await
-            .batch_execute("CREATE TABLE bench_rows (id text PRIMARY KEY, n bigint, email text, doc jsonb)")
-            .await
-            .unwrap()
-    });
+    for server in [&pg, &durable] {
+        rt.block_on(async {
+            server
+                .client()
+                .await
+                .batch_execute("CREATE TABLE bench_rows (id text PRIMARY KEY, n bigint, email text, doc jsonb)")
+                .await
+                .unwrap()
+        });
+    }
 
-    let mut next_id = 0u64;
-    let (mut pg_batched, mut pg_single) = (Vec::new(), Vec::new());
-    let (mut redis_pipelined, mut redis_single) = (Vec::new(), Vec::new());
+    let (mut next_id, mut next_durable_id) = (0u64, 0u64);
+    let mut r = Rates::default();
     for round in 1..=ROUNDS {
-        pg_batched.push(postgres_rate(&rt, &pg, &dead, 1000, 5, PG_BATCHED_ROWS, &mut next_id));
-        pg_single.push(postgres_rate(&rt, &pg, &dead, 1, 0, PG_SINGLE_ROWS, &mut next_id));
-        redis_pipelined.push(redis_rate(&rt, &redis, &dead, 1000, 2, REDIS_PIPELINED_KEYS));
-        redis_single.push(redis_rate(&rt, &redis, &dead, 1, 0, REDIS_SINGLE_KEYS));
+        r.pg_batched.push(postgres_rate(&rt, &pg, &dead, 1000, 5, PG_BATCHED_ROWS, &mut next_id));
+        r.pg_single.push(postgres_rate(&rt, &pg, &dead, 1, 0, PG_SINGLE_ROWS, &mut next_id));
+        r.durable_batched.push(postgres_rate(&rt, &durable, &dead, 1000, 5, PG_BATCHED_ROWS, &mut next_durable_id));
+        r.durable_single.push(postgres_rate(&rt, &durable, &dead, 1, 0, PG_DURABLE_SINGLE_ROWS, &mut next_durable_id));
+        r.redis_pipelined.push(redis_rate(&rt, &redis, &dead, 1000, 2, REDIS_PIPELINED_KEYS));
+        r.redis_single.push(redis_rate(&rt, &redis, &dead, 1, 0, REDIS_SINGLE_KEYS));
+        let i = round - 1;
         println!(
-            "round {round}: PostgreSQL {:.0} rows/s batched, {:.0} rows/s one at a time; \
-             Redis {:.0} keys/s pipelined, {:.0} keys/s one at a time",
-            pg_batched[round - 1],
-            pg_single[round - 1],
-            redis_pipelined[round - 1],
-            redis_single[round - 1]
+            "round {round}: PostgreSQL (fsync off) {:.0} rows/s batched, {:.0} one at a time; \
+             PostgreSQL (fsync on) {:.0} batched, {:.0} one at a time; Redis {:.0} keys/s pipelined, {:.0} one at a time",
+            r.pg_batched[i], r.pg_single[i], r.durable_batched[i], r.durable_single[i], r.redis_pipelined[i], r.redis_single[i]
         );
     }
     assert_eq!(dead.count(), 0, "the benchmark dead-lettered something: see {}", dead.path().display());
-    let rows: i64 = rt.block_on(async {
-        pg.client().await.query_one("SELECT count(*) FROM bench_rows", &[]).await.unwrap().get(0)
-    });
-    assert_eq!(rows as u64, next_id, "every row arrived");
+    for (server, expected) in [(&pg, next_id), (&durable, next_durable_id)] {
+        let rows: i64 = rt.block_on(async {
+            server.client().await.query_one("SELECT count(*) FROM bench_rows", &[]).await.unwrap().get(0)
+        });
+        assert_eq!(rows as u64, expected, "every row arrived");
+    }
 
     let report = |what: &str, unit: &str, fast: &[f64], slow: &[f64], fast_name: &str| {
         let (f, s) = (median(fast), median(slow));
@@ -65,8 +83,9 @@ fn main() {
         );
     };
     println!("--- medians of {ROUNDS} rounds ---");
-    report("PostgreSQL upserts", "rows", &pg_batched, &pg_single, "batched");
-    report("Redis deletes", "keys", &redis_pipelined, &redis_single, "pipelined");
+    report("PostgreSQL upserts, fsync off (test fixture)", "rows", &r.pg_batched, &r.pg_single, "batched");
+    report("PostgreSQL upserts, fsync on (PostgreSQL default)", "rows", &r.durable_batched, &r.durable_single, "batched");
+    report("Redis deletes", "keys", &r.redis_pipelined, &r.redis_single, "pipelined");
 }
 
 fn median(xs: &[f64]) -> f64 {

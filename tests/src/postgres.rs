@@ -23,12 +23,24 @@ pub struct Postgres {
     dir: TempDir,
     port: u16,
     running: bool,
+    /// fsync and full-page writes on (PostgreSQL's defaults); off by default, for speed.
+    durable: bool,
 }
 
 impl Postgres {
     /// Initializes a fresh cluster and starts it; panics with the server log if it does
     /// not accept connections within 30 s.
     pub fn start() -> Postgres {
+        Postgres::launch(false)
+    }
+
+    /// Like [`Postgres::start`], with PostgreSQL's default durability (every commit
+    /// flushed with fsync), for benchmarks whose figures must hold on a real server.
+    pub fn start_durable() -> Postgres {
+        Postgres::launch(true)
+    }
+
+    fn launch(durable: bool) -> Postgres {
         require(Service::Postgres);
         let started = Instant::now();
         let dir = crate::temp_dir();
@@ -38,7 +50,7 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("chown the PostgreSQL test directory to postgres");
         }
-        let mut pg = Postgres { _guard: None, port: crate::free_port(), dir, running: false };
+        let mut pg = Postgres { _guard: None, port: crate::free_port(), dir, running: false, durable };
         let out = pg
             .as_owner("initdb")
             .arg("-D")
@@ -119,11 +131,10 @@ impl Postgres {
         if self.running {
             return;
         }
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-            self.port,
-            self.dir.path().display()
-        );
+        let mut options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        if !self.durable {
+            options.push_str(" -c fsync=off -c full_page_writes=off");
+        }
         let out = self
             .as_owner("pg_ctl")
             .arg("-D")
