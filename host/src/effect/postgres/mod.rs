@@ -13,13 +13,11 @@
 mod plan;
 mod value;
 
-pub use plan::{quote_ident, quote_table, valid_ident, Op, OpKind};
-
 use super::batch::{next_batch, Backoff, BatchQueue};
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use oplet_sdk::{Event, Map, Value};
-use plan::{Column, Refusal, Statement, TableInfo};
+use plan::{quote_table, Column, Op, OpKind, Refusal, Statement, TableInfo};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Receiver;
