@@ -113,7 +113,7 @@ struct TicketInner {
 impl Drop for TicketInner {
     fn drop(&mut self) {
         // A panic unwinding through a worker would otherwise mark its event done;
-        // the host aborts on panic (see cli), so a drop here always means done.
+        // the binary aborts on panic (see `cli::abort_on_panic`), so a drop here always means done.
         self.tracker.done(self.seq, self.position.take());
     }
 }

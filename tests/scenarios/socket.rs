@@ -2,8 +2,8 @@
 //! `tests/support/sio_clients.py`) against the real `oplet` binary. Client events
 //! reach plugins, plugin emits reach the right client and only it, bad auth is
 //! refused with its reason, and the client-start flow replaces the polling loop,
-//! across a host restart too. Changes come from a followed JSON-lines source (the
-//! MongoDB source had not landed when these were written).
+//! across a host restart too. Changes are real writes to a MongoDB-compatible
+//! server (nx-27017, or `OPLET_TEST_MONGODB_URI`) that the host watches.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -12,22 +12,31 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use oplet_tests::{free_port, install_plugin, repo_root, temp_dir, Oplet, TempDir};
+use mongodb::bson::{doc, Document};
+use mongodb::Collection;
+use oplet_tests::{free_port, install_plugin, repo_root, temp_dir, Mongo, Oplet, TempDir};
 use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A host with a Socket.IO server, a followed JSON-lines source and plugins.
+/// A host with a Socket.IO server, the MongoDB source watching a `clients`
+/// collection, the bundled client-start plugin and an echo plugin.
 struct Host {
     dir: TempDir,
     port: u16,
     oplet: Option<Oplet>,
+    clients: Collection<Document>,
+    _mongo: Mongo,
 }
 
 impl Host {
     /// `socket_extra` is appended to the `[socket]` section.
     async fn start(socket_extra: &str) -> Host {
+        let mongo = Mongo::start();
+        // A database of its own, in case the server is a shared one (OPLET_TEST_MONGODB_URI).
+        let db = format!("app_{}_{}", std::process::id(), free_port());
+        let clients = mongo.client().await.database(&db).collection::<Document>("clients");
         let dir = temp_dir();
         let port = free_port();
         let plugins = dir.path().join("plugins");
@@ -35,16 +44,17 @@ impl Host {
                     [capabilities]\nemit = [\"echo\"]\n";
         install_plugin(&plugins, "socket-echo", echo);
         let manifest = std::fs::read_to_string(repo_root().join("plugins/client-start/client-start.toml")).unwrap();
-        install_plugin(&plugins, "client-start", &manifest);
-        std::fs::write(dir.path().join("changes.jsonl"), "").unwrap();
+        install_plugin(&plugins, "client-start", &manifest.replace("\"app.clients\"", &format!("\"{db}.clients\"")));
         let config = format!(
             "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\n[delivery]\ncheckpoint_interval_ms = 10\n\
              [grants.\"*\"]\nemit = [\"echo\", \"start_client\"]\n\
-             [[source]]\ntype = \"jsonl\"\nname = \"changes\"\npath = \"changes.jsonl\"\nfollow = true\n\
-             [socket]\nlisten = \"127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\n{socket_extra}\n"
+             [[source]]\ntype = \"mongo\"\nname = \"mongo\"\nuri = \"{}\"\ncollections = [\"{db}.clients\"]\n\
+             full_document = \"updateLookup\"\n\
+             [socket]\nlisten = \"127.0.0.1:{port}\"\nsecret = \"{SECRET}\"\n{socket_extra}\n",
+            mongo.uri()
         );
         std::fs::write(dir.path().join("oplet.toml"), config).unwrap();
-        let mut host = Host { dir, port, oplet: None };
+        let mut host = Host { dir, port, oplet: None, clients, _mongo: mongo };
         host.run().await;
         host
     }
@@ -53,6 +63,8 @@ impl Host {
         let oplet = Oplet::start(&self.dir.path().join("oplet.toml"));
         oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
         oplet.wait_for_log("socket: listening on", WAIT).await.unwrap();
+        // Writes before the stream is open would not be seen (no checkpoint yet).
+        oplet.wait_for_log("watching the change stream", WAIT).await.unwrap();
         self.oplet = Some(oplet);
     }
 
@@ -64,13 +76,14 @@ impl Host {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Appends a change to the clients collection that sets `connection`.
-    fn flag(&self, n: usize, on: bool) {
-        let line = json!({"body": {"kind": "change", "data": {
-            "op": "update", "db": "app", "coll": "clients", "key": {"_id": format!("id-{n}")},
-            "full_document": {"_id": format!("id-{n}"), "uuid": uuid(n), "key": key(n), "connection": on}}}});
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("changes.jsonl")).unwrap();
-        writeln!(f, "{line}").unwrap();
+    /// Writes client `n`'s document to MongoDB with `connection` set to `on`: an
+    /// insert the first time, an update after.
+    async fn flag(&self, n: usize, on: bool) {
+        self.clients
+            .update_one(doc! { "_id": format!("id-{n}") }, doc! { "$set": { "connection": on, "uuid": uuid(n), "key": key(n) } })
+            .upsert(true)
+            .await
+            .unwrap();
     }
 
     async fn stats(&self) -> Value {
@@ -306,10 +319,10 @@ async fn a_hundred_clients_each_get_exactly_their_own_start_client() {
     let clients = Clients::start(&host.url(), &Clients::signed(0..100));
     assert_eq!(clients.ready().await, json!({"type": "ready", "connected": 100, "failed": 0}));
     for n in 0..100 {
-        host.flag(n, false);
+        host.flag(n, false).await;
     }
     for n in 0..100 {
-        host.flag(n, true);
+        host.flag(n, true).await;
     }
     clients.wait_for("100 start_client", |l| l.iter().filter(|v| v["type"] == "event").count() >= 100, WAIT).await.unwrap();
     settle().await;
@@ -325,7 +338,7 @@ async fn a_hundred_clients_each_get_exactly_their_own_start_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emit_to_an_offline_client_is_held_until_it_connects() {
     let host = Host::start("hold_ms = 60000\n").await;
-    host.flag(7, true);
+    host.flag(7, true).await;
     // The client is not connected yet: the emit waits for it.
     let deadline = Instant::now() + WAIT;
     while host.stats().await["held"] != json!(1) {
@@ -342,7 +355,7 @@ async fn an_emit_to_an_offline_client_is_held_until_it_connects() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_offline_drop_an_emit_to_an_offline_client_is_logged_and_counted() {
     let host = Host::start("offline = \"drop\"\n").await;
-    host.flag(3, true);
+    host.flag(3, true).await;
     let line = host.oplet().wait_for_log("socket: emit \"start_client\" dropped", WAIT).await.unwrap();
     assert!(line.contains(r#"client:client-0003 is offline (offline = "drop")"#), "{line}");
     assert!(line.contains("plugin=client-start"), "{line}");
@@ -373,10 +386,13 @@ async fn a_huge_payload_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_host_restart_clients_reconnect_and_no_start_is_lost() {
     let mut host = Host::start("").await;
+    for n in 0..20 {
+        host.flag(n, false).await;
+    }
     let clients = Clients::start(&host.url(), &Clients::signed(0..20));
     assert_eq!(clients.ready().await["connected"], json!(20));
     for n in 0..10 {
-        host.flag(n, true);
+        host.flag(n, true).await;
     }
     clients.wait_for("10 starts", |l| l.iter().filter(|v| v["type"] == "event").count() >= 10, WAIT).await.unwrap();
     settle().await; // lets the checkpoint cover them
@@ -385,9 +401,9 @@ async fn after_a_host_restart_clients_reconnect_and_no_start_is_lost() {
     assert!(status.success(), "oplet exited with {status}");
     host.oplet = None;
     clients.wait_for("20 disconnects", |l| l.iter().filter(|v| v["type"] == "disconnected").count() >= 20, WAIT).await.unwrap();
-    // While the host is down, the other ten flags turn true.
+    // While the host is down, the other ten flags turn true in MongoDB.
     for n in 10..20 {
-        host.flag(n, true);
+        host.flag(n, true).await;
     }
     host.run().await;
     clients

@@ -198,7 +198,7 @@ impl Mongo {
         }
     }
 
-    /// The launcher's stdout and stderr (nx-27017 logs every command at INFO).
+    /// The launcher's stdout and stderr (nx-27017's INFO log).
     pub fn log_path(&self) -> PathBuf {
         match &self.kind {
             Kind::External { .. } => PathBuf::from("/dev/null"),

@@ -6,7 +6,7 @@ Int32, and the Rust `mongodb` driver rejects them ("expected Int64"). Starting t
 counter at 2**40 makes every cursor id an Int64. All arguments are nx-27017's own,
 e.g. `nx_launcher.py --db FILE -p PORT --pid-file FILE --log-file FILE`.
 
-nx-27017 logs every command at INFO (useful when a test fails, ~12% slower); set
+nx-27017 logs at INFO (not each command in its default asyncio mode); set
 OPLET_TEST_NX_LOG_LEVEL=WARNING for throughput runs.
 
 Two options of our own (taken out before nx-27017 sees the arguments) make it fail

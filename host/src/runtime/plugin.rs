@@ -6,7 +6,7 @@
 //! or returns a bad reply gives a typed `CallError`; the caller then throws the
 //! instance away (its state may be corrupt) and makes a fresh one.
 
-use super::engine::Runtime;
+use super::engine::{Clock, Runtime};
 use super::limits::Limits;
 use oplet_sdk::{codec, Effect, Event, Reply, Value, ABI_VERSION};
 use std::sync::Arc;
@@ -97,6 +97,7 @@ pub struct PluginCode {
     limits: Limits,
     config: Vec<u8>,
     has_init: bool,
+    clock: Arc<Clock>,
     /// Whether the compiled code came from the on-disk cache.
     pub cached: bool,
 }
@@ -113,7 +114,7 @@ impl PluginCode {
             .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let has_init = module.get_export("oplet_init").is_some();
         let config = codec::encode(config).map_err(|e| LoadError::Instantiate(format!("cannot encode config: {e}")))?;
-        let code = PluginCode { name: name.into(), pre, limits, config, has_init, cached };
+        let code = PluginCode { name: name.into(), pre, limits, config, has_init, clock: runtime.clock.clone(), cached };
         // A probe instance proves the module instantiates, speaks our ABI and
         // accepts its config, before the module may replace a working version.
         code.instantiate().map_err(|e| match e {
@@ -140,6 +141,8 @@ impl PluginCode {
     }
 
     fn instantiate(&self) -> Result<Instance, LoadErrorOrCall> {
+        // A start function or the version probe may loop too: the clock must run.
+        let _running = self.clock.enter();
         let state = StoreState {
             plugin: self.name.clone(),
             last_error: None,
@@ -172,7 +175,7 @@ impl PluginCode {
         if found != ABI_VERSION {
             return Err(LoadErrorOrCall::Load(LoadError::AbiVersion { found, expected: ABI_VERSION }));
         }
-        let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, input: Vec::new() };
+        let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, clock: self.clock.clone(), input: Vec::new() };
         if let Some(init) = inst.init.clone() {
             let config = self.config.clone();
             let reply = inst.call(init, &config).map_err(LoadErrorOrCall::Call)?;
@@ -204,6 +207,7 @@ pub struct Instance {
     handle: TypedFunc<(u32, u32), u64>,
     init: Option<TypedFunc<(u32, u32), u64>>,
     limits: Limits,
+    clock: Arc<Clock>,
     input: Vec<u8>,
 }
 
@@ -224,6 +228,7 @@ impl Instance {
 
     fn call(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<Reply, CallError> {
         let started = Instant::now();
+        let _running = self.clock.enter();
         self.store.set_epoch_deadline(ticks(self.limits.time_ms));
         self.store.data_mut().last_error = None;
         let len = u32::try_from(input.len()).map_err(|_| CallError::BadReply("event larger than 4 GiB".into()))?;
@@ -259,8 +264,7 @@ impl Instance {
 }
 
 fn ticks(time_ms: u64) -> u64 {
-    // One tick is one millisecond; +1 so a budget is never cut short by a tick
-    // that was already about to fire.
+    // +1 so a budget is never cut short by a tick that was already about to fire.
     time_ms.div_ceil(super::engine::TICK.as_millis() as u64).max(1) + 1
 }
 

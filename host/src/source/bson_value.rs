@@ -45,7 +45,7 @@ pub fn value_of(value: RawBsonRef<'_>) -> Result<Value, RawError> {
         RawBsonRef::Null | RawBsonRef::Undefined => Value::Null,
         RawBsonRef::Int32(i) => Value::Int(i.into()),
         RawBsonRef::Int64(i) => Value::Int(i),
-        RawBsonRef::ObjectId(oid) => wrap("$oid", Value::String(oid.to_hex())),
+        RawBsonRef::ObjectId(oid) => wrap("$oid", Value::String(hex(&oid.bytes()))),
         RawBsonRef::DateTime(d) => wrap("$date", Value::Int(d.timestamp_millis())),
         RawBsonRef::Decimal128(d) => wrap("$numberDecimal", Value::String(d.to_string())),
         RawBsonRef::Timestamp(ts) => wrap(
@@ -77,6 +77,18 @@ pub fn value_of(value: RawBsonRef<'_>) -> Result<Value, RawError> {
             serde_json::from_value(json).unwrap_or(Value::Null)
         }
     })
+}
+
+/// Lowercase hex, without the per-character iterator of `ObjectId::to_hex` (ids
+/// are in every event: `_id`, `documentKey`).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 fn wrap(key: &str, value: Value) -> Value {

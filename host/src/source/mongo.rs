@@ -63,9 +63,15 @@ pub struct MongoSourceConfig {
     /// How long the server may hold an empty `getMore` open (`maxAwaitTimeMS`).
     #[serde(default = "default_max_await_ms")]
     pub max_await_ms: u64,
-    /// Longest pause between empty `getMore`s on a server that answers them at once
-    /// instead of waiting `max_await_ms` (nx-27017 does): bounds the latency it adds.
-    #[serde(default = "default_idle_pause_ms")]
+    /// On a server that answers an empty `getMore` at once instead of waiting
+    /// `max_await_ms` for changes (nx-27017 does), the pause after an empty batch:
+    /// `idle_pause_min_ms` at first, doubling up to `idle_pause_max_ms` while the
+    /// stream stays quiet. The minimum bounds the latency added to a busy stream and
+    /// batches its changes (fewer round trips per change); the maximum bounds the
+    /// latency of the first change after a quiet spell and the cost of being idle.
+    #[serde(default = "default_idle_pause_min_ms")]
+    pub idle_pause_min_ms: u64,
+    #[serde(default = "default_idle_pause_max_ms")]
     pub idle_pause_max_ms: u64,
     /// Server selection timeout when the URI sets none (`serverSelectionTimeoutMS`):
     /// how long one attempt waits for an unreachable server before backing off.
@@ -82,8 +88,11 @@ pub struct MongoSourceConfig {
 fn default_max_await_ms() -> u64 {
     1000
 }
-fn default_idle_pause_ms() -> u64 {
-    20
+fn default_idle_pause_min_ms() -> u64 {
+    5
+}
+fn default_idle_pause_max_ms() -> u64 {
+    50
 }
 fn default_server_selection_ms() -> u64 {
     10_000

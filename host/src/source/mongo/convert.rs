@@ -33,75 +33,67 @@ impl Converter {
         Converter { source: source.into(), label: target.label(), fallback, seen: HashSet::new() }
     }
 
-    /// The event's stable id and the position after it, from its `_id` (the resume token).
-    pub fn token(&self, raw: &RawDocument) -> Result<(String, Position), String> {
-        let token = raw
-            .get("_id")
-            .map_err(|e| format!("unreadable _id (resume token): {e}"))?
-            .ok_or("no _id (resume token); a pipeline must not remove it")?;
-        let ns = self.namespace(raw);
-        if let RawBsonRef::Document(d) = token {
-            if let Ok(data) = d.get_str("_data") {
-                return Ok((format!("{}.{}:{data}", ns.0, ns.1), serde_json::json!({ "token": { "_data": data } })));
+    /// The event for `raw` (its `seq` is set when it is sent) and the position after
+    /// it; or, for an event that cannot be read, what is known of it.
+    pub fn convert(&mut self, raw: &RawDocument) -> Result<(Event, Position), Unreadable> {
+        let mut fields = Fields::default();
+        let mut failure = None;
+        for element in raw {
+            match element {
+                Ok((name, value)) => fields.take(name, value),
+                Err(e) => {
+                    failure = Some(format!("unreadable change event: {e}"));
+                    break;
+                }
             }
         }
-        let bson = Bson::try_from(token).map_err(|e| format!("unreadable resume token: {e}"))?;
-        let position = token_position(bson);
-        Ok((format!("{}.{}:{}", ns.0, ns.1, position["token"]), position))
+        let (db, coll) = self.namespace(fields.ns);
+        let (id, position) = match fields.id.map(|t| token(&db, &coll, t)) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(Unreadable { id: None, position: None, error: e }),
+            None => {
+                let error = failure.unwrap_or_else(|| "no _id (resume token); a pipeline must not remove it".into());
+                return Err(Unreadable { id: None, position: None, error });
+            }
+        };
+        match failure.map_or_else(|| self.event(fields, db, coll, id.clone()), Err) {
+            Ok(event) => Ok((event, position)),
+            Err(error) => Err(Unreadable { id: Some(id), position: Some(position), error }),
+        }
     }
 
-    fn namespace<'a>(&'a self, raw: &'a RawDocument) -> (&'a str, &'a str) {
-        let ns = raw.get_document("ns").ok();
-        let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or(&self.fallback.0);
-        let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or(&self.fallback.1);
+    fn namespace(&self, ns: Option<RawBsonRef<'_>>) -> (String, String) {
+        let ns = match ns {
+            Some(RawBsonRef::Document(d)) => Some(d),
+            _ => None,
+        };
+        let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or(&self.fallback.0).to_string();
+        let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or(&self.fallback.1).to_string();
         (db, coll)
     }
 
-    /// The event for `raw` (its `seq` is set when it is sent).
-    pub fn event(&mut self, raw: &RawDocument, id: String) -> Result<Event, String> {
-        let mut op = None;
-        let mut key = Value::Null;
-        let mut full = None;
-        let mut before = None;
-        let mut update = None;
-        let mut cluster_time = None;
-        let mut wall_time = None;
-        for element in raw {
-            let (name, value) = element.map_err(|e| format!("unreadable change event: {e}"))?;
-            let conv = |v| bson_value::value_of(v).map_err(|e| format!("field {name}: {e}"));
-            match name {
-                "operationType" => op = Some(value),
-                "documentKey" => key = conv(value)?,
-                "fullDocument" => full = Some(conv(value)?),
-                "fullDocumentBeforeChange" => before = Some(conv(value)?),
-                "updateDescription" => update = Some(value),
-                "clusterTime" => cluster_time = Some(value),
-                "wallTime" => wall_time = Some(value),
-                _ => {}
-            }
-        }
-        let op = match op {
+    fn event(&mut self, f: Fields<'_>, db: String, coll: String, id: String) -> Result<Event, String> {
+        let conv = |name: &str, v| bson_value::value_of(v).map_err(|e| format!("field {name}: {e}"));
+        let op = match f.op {
             Some(RawBsonRef::String(s)) => OperationType::parse(s),
             _ => {
                 self.odd("a change event without a string operationType", "it is delivered with operation \"unknown\"");
                 OperationType::Other("unknown".into())
             }
         };
-        let (db, coll) = {
-            let (db, coll) = self.namespace(raw);
-            (db.to_string(), coll.to_string())
-        };
-        if raw.get_document("ns").is_err() && !matches!(op, OperationType::Invalidate) {
+        if f.ns.is_none() && !matches!(op, OperationType::Invalidate) {
             self.odd("a change event without ns", "the watched namespace is used");
         }
-        let mut full = full.filter(|v| !v.is_null());
+        let key = f.key.map(|v| conv("documentKey", v)).transpose()?.unwrap_or_default();
+        let mut full = f.full.map(|v| conv("fullDocument", v)).transpose()?.filter(|v| !v.is_null());
         if let (Some(Value::Map(doc)), Some(id)) = (full.as_mut(), key.get("_id")) {
             if doc.get("_id") != Some(id) {
                 self.odd("fullDocument._id unlike documentKey._id", "documentKey._id is used in the full document");
                 doc.insert("_id".into(), id.clone());
             }
         }
-        let (updated_fields, removed_fields) = match update {
+        let before = f.before.map(|v| conv("fullDocumentBeforeChange", v)).transpose()?.filter(|v| !v.is_null());
+        let (updated_fields, removed_fields) = match f.update {
             Some(RawBsonRef::Document(d)) => self.update_description(d)?,
             _ if op == OperationType::Update => {
                 self.odd("update events without updateDescription", "updated and removed fields are left empty");
@@ -109,17 +101,8 @@ impl Converter {
             }
             _ => (None, None),
         };
-        let time_ms = self.time_ms(wall_time, cluster_time);
-        let change = Change {
-            op,
-            db,
-            coll,
-            key,
-            full_document: full,
-            updated_fields,
-            removed_fields,
-            before: before.filter(|v| !v.is_null()),
-        };
+        let time_ms = self.time_ms(f.wall_time, f.cluster_time);
+        let change = Change { op, db, coll, key, full_document: full, updated_fields, removed_fields, before };
         Ok(Event { seq: 0, id, source: self.source.clone(), time_ms, body: EventBody::Change(change) })
     }
 
@@ -181,6 +164,60 @@ impl Converter {
     }
 }
 
+/// A change event that cannot be mapped: dead-lettered, and passed with its
+/// position when it has one.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub id: Option<String>,
+    pub position: Option<Position>,
+    pub error: String,
+}
+
+/// The top-level fields of a change event, found in one pass.
+#[derive(Default)]
+struct Fields<'a> {
+    id: Option<RawBsonRef<'a>>,
+    op: Option<RawBsonRef<'a>>,
+    ns: Option<RawBsonRef<'a>>,
+    key: Option<RawBsonRef<'a>>,
+    full: Option<RawBsonRef<'a>>,
+    before: Option<RawBsonRef<'a>>,
+    update: Option<RawBsonRef<'a>>,
+    cluster_time: Option<RawBsonRef<'a>>,
+    wall_time: Option<RawBsonRef<'a>>,
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, name: &str, value: RawBsonRef<'a>) {
+        let slot = match name {
+            "_id" => &mut self.id,
+            "operationType" => &mut self.op,
+            "ns" => &mut self.ns,
+            "documentKey" => &mut self.key,
+            "fullDocument" => &mut self.full,
+            "fullDocumentBeforeChange" => &mut self.before,
+            "updateDescription" => &mut self.update,
+            "clusterTime" => &mut self.cluster_time,
+            "wallTime" => &mut self.wall_time,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+}
+
+/// The event's stable id (`db.coll:` and the token's `_data`) and the position
+/// after it, from its `_id` (the resume token).
+fn token(db: &str, coll: &str, token: RawBsonRef<'_>) -> Result<(String, Position), String> {
+    if let RawBsonRef::Document(d) = token {
+        if let Ok(data) = d.get_str("_data") {
+            return Ok((format!("{db}.{coll}:{data}"), serde_json::json!({ "token": { "_data": data } })));
+        }
+    }
+    let bson = Bson::try_from(token).map_err(|e| format!("unreadable resume token: {e}"))?;
+    let position = token_position(bson);
+    Ok((format!("{db}.{coll}:{}", position["token"]), position))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,8 +228,7 @@ mod tests {
     }
 
     fn convert(c: &mut Converter, raw: &RawDocument) -> Event {
-        let (id, _) = c.token(raw).unwrap();
-        c.event(raw, id).unwrap()
+        c.convert(raw).unwrap().0
     }
 
     fn change(e: &Event) -> &Change {
@@ -216,10 +252,9 @@ mod tests {
             "fullDocumentBeforeChange": { "_id": "a", "n": 1_i32 },
         };
         let mut c = Converter::new("mongo", &target());
-        let (id, position) = c.token(&raw).unwrap();
-        assert_eq!(id, "app.items:8263A1");
+        let (e, position) = c.convert(&raw).unwrap();
+        assert_eq!(e.id, "app.items:8263A1");
         assert_eq!(position, serde_json::json!({"token": {"_data": "8263A1"}}));
-        let e = c.event(&raw, id).unwrap();
         assert_eq!((e.source.as_str(), e.time_ms), ("mongo", 1_700_000_000_250), "wallTime wins: ms precision");
         let ch = change(&e);
         assert_eq!(ch.op, OperationType::Update);
@@ -289,10 +324,25 @@ mod tests {
     #[test]
     fn a_token_of_another_shape_is_kept_whole() {
         let raw = rawdoc! { "_id": { "ts": 5_i64, "n": 1_i32 }, "operationType": "insert", "ns": { "db": "d", "coll": "c" } };
-        let c = Converter::new("mongo", &Target::Deployment);
-        let (id, position) = c.token(&raw).unwrap();
+        let mut c = Converter::new("mongo", &Target::Deployment);
+        let (e, position) = c.convert(&raw).unwrap();
         assert_eq!(position, serde_json::json!({"token": {"ts": {"$numberLong": "5"}, "n": {"$numberInt": "1"}}}));
-        assert!(id.starts_with("d.c:{"), "{id}");
-        assert!(c.token(&rawdoc! { "operationType": "insert" }).unwrap_err().contains("no _id"));
+        assert!(e.id.starts_with("d.c:{"), "{}", e.id);
+        let no_token = c.convert(&rawdoc! { "operationType": "insert" }).unwrap_err();
+        assert!(no_token.error.contains("no _id") && no_token.position.is_none());
+    }
+
+    #[test]
+    fn an_unreadable_event_keeps_its_position_so_it_can_be_passed() {
+        let raw = rawdoc! { "_id": { "_data": "t9" }, "operationType": "insert", "ns": { "db": "app", "coll": "items" }, "fullDocument": { "s": "text" } };
+        let mut bytes = raw.into_bytes();
+        // Break the length of the string inside fullDocument.
+        let at = bytes.windows(5).position(|w| w == b"text\0").unwrap() - 4;
+        bytes[at] = 200;
+        let broken = RawDocument::from_bytes(&bytes).unwrap();
+        let err = Converter::new("mongo", &target()).convert(broken).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("app.items:t9"));
+        assert_eq!(err.position, Some(serde_json::json!({"token": {"_data": "t9"}})));
+        assert!(err.error.contains("fullDocument"), "{}", err.error);
     }
 }

@@ -39,6 +39,11 @@ impl Feed {
         &self.label
     }
 
+    /// The position of the last event sent or mark made (at first: the saved one).
+    pub fn last(&self) -> Option<&Position> {
+        self.last.as_ref()
+    }
+
     /// The sequence number the next event will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

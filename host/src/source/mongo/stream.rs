@@ -36,14 +36,16 @@ pub async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Ended> {
     let cfg = &shared.cfg;
-    let mut token = saved.as_ref().and_then(position_token);
-    let mut not_a_token = saved.as_ref().filter(|_| token.is_none());
+    let mut not_a_token = saved.as_ref().filter(|p| position_token(p).is_none());
     let mut conv = Converter::new(feed.source(), target);
     let mut backoff = Backoff::new(&cfg.reconnect);
     let mut down_since: Option<Instant> = None;
-    let mut idle = IdlePause::new(cfg.max_await_ms, cfg.idle_pause_max_ms);
-    let mut first_open = true;
+    let mut idle = IdlePause::new(cfg.max_await_ms, cfg.idle_pause_min_ms, cfg.idle_pause_max_ms);
+    // After a lost history, the next stream starts from now whatever was read before.
+    let mut from_now = false;
     loop {
+        // Resume after the last change read (or mark made): the feed knows it.
+        let token = if from_now { None } else { feed.last().and_then(position_token) };
         let opened = tokio::select! {
             r = open(shared, target, token.clone()) => r,
             _ = stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
@@ -52,7 +54,7 @@ pub async fn run(
             Ok(s) => s,
             Err(e) => match retry::classify(&e) {
                 Failure::HistoryLost => {
-                    token = history_lost(shared, feed, token, &e)?;
+                    from_now = history_lost(shared, feed, token.is_some(), &e)?;
                     continue;
                 }
                 Failure::Unsupported => return Ok(Ended::Unsupported(e)),
@@ -72,16 +74,17 @@ pub async fn run(
                 Failure::Fatal => anyhow::bail!("the server refuses the change stream: {}", retry::describe(&e)),
             },
         };
+        from_now = false;
         if let Some(p) = not_a_token.take() {
             tracing::warn!(
                 source = %feed.source(), stream = %feed.label(),
                 "the saved position {p} is not a change-stream resume token (was this collection polled before?); changes since it are not replayed"
             );
         }
-        let from = match &token {
-            Some(_) => "resuming after the last change read",
-            None if first_open && saved.is_some() => "starting from now",
-            None => "starting from now (no checkpoint yet)",
+        let from = match (&token, feed.last()) {
+            (Some(_), _) => "resuming after the last change read",
+            (None, Some(_)) => "starting from now",
+            (None, None) => "starting from now (no checkpoint yet)",
         };
         match down_since.take() {
             Some(since) => tracing::info!(
@@ -90,28 +93,23 @@ pub async fn run(
             ),
             None => tracing::info!(source = %feed.source(), stream = %feed.label(), "watching the change stream; {from}"),
         }
-        first_open = false;
         // Where this stream starts is a position too: saved at once, so a restart
         // before the first change resumes here instead of at a later "now".
-        if let Some(p) = stream.resume_token().as_ref().and_then(resume_token_position) {
-            feed.mark(p);
-        }
+        mark_resume_token(&stream, feed);
 
         loop {
             if !stream.is_alive() {
                 // The server closed the cursor (after an invalidate: a drop or rename).
-                // Reopen after the last token seen, which the driver also takes from
-                // the closing batch's postBatchResumeToken.
-                let last = stream.resume_token();
+                // Reopen after its last token, the closing batch's postBatchResumeToken.
+                let before = feed.last().cloned();
+                mark_resume_token(&stream, feed);
                 tracing::info!(source = %feed.source(), stream = %feed.label(), "the server closed the change stream; reopening after its last token");
-                if last.is_some() && last == token {
-                    // Closed again at the same place: not a loop we run at full speed.
-                    let delay = backoff.next_delay();
-                    if !retry::sleep_unless_stopped(delay, stop).await {
+                if feed.last() == before.as_ref() {
+                    // Closed again at the same place: not a loop to run at full speed.
+                    if !retry::sleep_unless_stopped(backoff.next_delay(), stop).await {
                         return Ok(Ended::Stopped);
                     }
                 }
-                token = last.or(token);
                 break;
             }
             let asked = Instant::now();
@@ -123,19 +121,15 @@ pub async fn run(
                 Ok(Some(raw)) => {
                     backoff.reset();
                     idle.reset();
-                    token = stream.resume_token().or(token);
                     if !deliver(shared, feed, &mut conv, &raw).await {
                         return Ok(Ended::Stopped);
                     }
                 }
                 Ok(None) => {
                     backoff.reset();
-                    if let Some(t) = stream.resume_token() {
-                        if let Some(p) = resume_token_position(&t) {
-                            feed.mark(p);
-                        }
-                        token = Some(t);
-                    }
+                    // An empty batch: the server's postBatchResumeToken moves the
+                    // checkpoint of a quiet (or filtered) stream.
+                    mark_resume_token(&stream, feed);
                     if let Some(pause) = idle.after_empty(asked.elapsed(), feed) {
                         if !retry::sleep_unless_stopped(pause, stop).await {
                             return Ok(Ended::Stopped);
@@ -144,7 +138,7 @@ pub async fn run(
                 }
                 Err(e) => match retry::classify(&e) {
                     Failure::HistoryLost => {
-                        token = history_lost(shared, feed, token, &e)?;
+                        from_now = history_lost(shared, feed, true, &e)?;
                         break;
                     }
                     Failure::Unsupported => return Ok(Ended::Unsupported(e)),
@@ -161,6 +155,14 @@ pub async fn run(
                 },
             }
         }
+    }
+}
+
+/// Marks the driver's current resume token (after the last event, or the last
+/// batch's postBatchResumeToken) as the feed's position.
+fn mark_resume_token(stream: &ChangeStream<RawDocumentBuf>, feed: &mut Feed) {
+    if let Some(p) = stream.resume_token().as_ref().and_then(resume_token_position) {
+        feed.mark(p);
     }
 }
 
@@ -196,22 +198,16 @@ async fn open(shared: &Shared, target: &Target, token: Option<ResumeToken>) -> m
 /// Converts and sends one change; an unreadable one is dead-lettered and passed.
 /// False when the router has stopped.
 async fn deliver(shared: &Shared, feed: &mut Feed, conv: &mut Converter, raw: &RawDocumentBuf) -> bool {
-    let (id, position) = match conv.token(raw) {
-        Ok(t) => t,
-        Err(e) => {
-            // The driver needs the token too, so this cannot happen with a real
-            // server; without a token there is no position to pass it with.
-            tracing::error!(source = %feed.source(), stream = %feed.label(), "skipping a change event: {e}");
-            return true;
-        }
-    };
-    match conv.event(raw, id.clone()) {
-        Ok(event) => feed.send(event, position).await,
-        Err(e) => {
-            tracing::error!(source = %feed.source(), stream = %feed.label(), event = %id, "unreadable change event: {e}; dead-lettered and skipped");
+    match conv.convert(raw) {
+        Ok((event, position)) => feed.send(event, position).await,
+        Err(bad) => {
+            tracing::error!(
+                source = %feed.source(), stream = %feed.label(), event = bad.id.as_deref().unwrap_or("?"),
+                "unreadable change event: {}; dead-lettered and skipped", bad.error
+            );
             let placeholder = Event {
                 seq: feed.next_seq(),
-                id,
+                id: bad.id.unwrap_or_default(),
                 source: feed.source().to_string(),
                 time_ms: crate::deadletter::now_ms(),
                 body: EventBody::Change(Change {
@@ -220,26 +216,26 @@ async fn deliver(shared: &Shared, feed: &mut Feed, conv: &mut Converter, raw: &R
                     ..Default::default()
                 }),
             };
-            let (dead, stage) = (shared.dead.clone(), format!("source:{}", feed.source()));
-            let _ = tokio::task::spawn_blocking(move || dead.record(&stage, &placeholder, &e)).await;
-            feed.mark(position);
+            let (dead, stage, error) = (shared.dead.clone(), format!("source:{}", feed.source()), bad.error);
+            let _ = tokio::task::spawn_blocking(move || dead.record(&stage, &placeholder, &error)).await;
+            // Without a position (no readable token) there is nothing to pass it with;
+            // the driver needs that token too, so a real server never sends one.
+            if let Some(p) = bad.position {
+                feed.mark(p);
+            }
             true
         }
     }
 }
 
-/// What `on_history_lost` says to do; the new token (none: from now) or the error.
-fn history_lost(
-    shared: &Shared,
-    feed: &Feed,
-    token: Option<ResumeToken>,
-    e: &mongodb::error::Error,
-) -> anyhow::Result<Option<ResumeToken>> {
+/// What `on_history_lost` says to do: start the next stream from now (`Ok(true)`)
+/// or stop with the error. `had_token`: whether the refused stream resumed from one.
+fn history_lost(shared: &Shared, feed: &Feed, had_token: bool, e: &mongodb::error::Error) -> anyhow::Result<bool> {
     let what = format!(
         "the server no longer has the history after the saved resume token ({}): the changes made since the checkpoint was saved are gone from its oplog",
         retry::describe(e)
     );
-    if token.is_none() {
+    if !had_token {
         anyhow::bail!("{what}, although this stream had no token; not retrying");
     }
     match shared.cfg.on_history_lost {
@@ -251,32 +247,35 @@ fn history_lost(
                 source = %feed.source(), stream = %feed.label(),
                 "CHANGES SKIPPED: {what}. on_history_lost = \"start_from_now\": starting from now; changes in the gap are NOT delivered (resync what depends on them)"
             );
-            Ok(None)
+            Ok(true)
         }
     }
 }
 
 /// Pauses between empty batches on a server that answers them at once: a
 /// MongoDB server holds an empty `getMore` open for `max_await_ms`, but a
-/// compatible server may not, and asking again at once would spin. The pause
-/// doubles from 1 ms up to `max` while batches stay empty, and resets on a change.
+/// compatible server may not, and asking again at once would spin. The first empty
+/// batch after a change pauses `min`, each further one twice as long, up to `max`.
 struct IdlePause {
     server_waits_over: Duration,
+    min: Duration,
     max: Duration,
     current: Duration,
     said: bool,
 }
 
 impl IdlePause {
-    fn new(max_await_ms: u64, max_ms: u64) -> IdlePause {
+    fn new(max_await_ms: u64, min_ms: u64, max_ms: u64) -> IdlePause {
         IdlePause {
             server_waits_over: Duration::from_millis(max_await_ms / 2),
-            max: Duration::from_millis(max_ms),
+            min: Duration::from_millis(min_ms),
+            max: Duration::from_millis(max_ms.max(min_ms)),
             current: Duration::ZERO,
             said: false,
         }
     }
 
+    /// A change arrived: the next empty batch pauses `min` again.
     fn reset(&mut self) {
         self.current = Duration::ZERO;
     }
@@ -290,11 +289,29 @@ impl IdlePause {
             self.said = true;
             tracing::info!(
                 source = %feed.source(), stream = %feed.label(),
-                "the server answers an empty getMore at once instead of waiting for changes; pausing up to {:?} between empty batches",
-                self.max
+                "the server answers an empty getMore at once instead of waiting for changes; pausing {:?} to {:?} between empty batches",
+                self.min, self.max
             );
         }
-        self.current = (self.current * 2).clamp(Duration::from_millis(1), self.max);
+        self.current = if self.current.is_zero() { self.min } else { (self.current * 2).min(self.max) };
         Some(self.current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_doubles_from_min_to_max_and_starts_over_after_a_change() {
+        let tracker = crate::checkpoint::Tracker::new("m.a.b", 1, None);
+        let feed = Feed::new("m", "a.b", tracker, tokio::sync::mpsc::channel(1).0, None);
+        let mut p = IdlePause::new(1000, 5, 50);
+        let fast = Duration::from_millis(1);
+        let pauses: Vec<u64> = (0..6).map(|_| p.after_empty(fast, &feed).unwrap().as_millis() as u64).collect();
+        assert_eq!(pauses, vec![5, 10, 20, 40, 50, 50]);
+        p.reset();
+        assert_eq!(p.after_empty(fast, &feed), Some(Duration::from_millis(5)));
+        assert_eq!(p.after_empty(Duration::from_millis(600), &feed), None, "a server that waited needs no pause");
     }
 }
