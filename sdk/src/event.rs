@@ -162,13 +162,24 @@ impl Change {
         self.key.get("_id")
     }
 
-    /// A field of the document after the change: from `full_document` when
-    /// present, else from `updated_fields`.
+    /// A field of the document after the change (`path` may be dotted): from
+    /// `full_document` when present, else what the update set (see [`Change::updated`]).
     pub fn field(&self, path: &str) -> Option<&Value> {
         if let Some(v) = self.full_document.as_ref().and_then(|d| d.get_path(path)) {
             return Some(v);
         }
-        self.updated_fields.as_ref().and_then(|u| u.get(path))
+        self.updated(path)
+    }
+
+    /// A field's new value from `updated_fields`, whose keys are the dotted paths
+    /// the update set: the path itself (`profile.name`), or a parent set whole
+    /// (`profile` = {name: ...}). None if the update did not set it.
+    pub fn updated(&self, path: &str) -> Option<&Value> {
+        let updated = self.updated_fields.as_ref()?;
+        if let Some(v) = updated.get(path) {
+            return Some(v);
+        }
+        path.match_indices('.').find_map(|(dot, _)| updated.get(&path[..dot])?.get_path(&path[dot + 1..]))
     }
 }
 

@@ -424,3 +424,15 @@ fn integers_take_their_smallest_encoding_and_floats_are_float64() {
     // MessagePack bin arrives in a Value as an array of byte values.
     assert_eq!(codec::decode::<Value>(&[0xc4, 2, 1, 2]).unwrap(), Value::from(vec![1, 2]));
 }
+
+#[test]
+fn a_field_under_a_parent_the_update_set_whole_is_found() {
+    let updated: Map = serde_json::from_str(r#"{"profile": {"name": "Ada", "tags": {"a": 1}}, "stats.count": 3}"#).unwrap();
+    let c = Change { op: OperationType::Update, updated_fields: Some(updated), ..Default::default() };
+    assert_eq!(c.field("profile.name"), Some(&Value::String("Ada".into())));
+    assert_eq!(c.field("profile.tags.a"), Some(&Value::Int(1)));
+    assert_eq!(c.field("stats.count"), Some(&Value::Int(3)), "a dotted key as MongoDB sends it");
+    assert_eq!(c.field("profile.missing"), None);
+    assert_eq!(c.field("stats"), None, "only stats.count was set: stats as a whole is unknown");
+    assert_eq!(c.field("other.name"), None);
+}

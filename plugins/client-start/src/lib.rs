@@ -148,7 +148,7 @@ fn fires(change: &Change, flag_field: &str, now: Option<bool>, last_seen: Option
     if change.op == OperationType::Insert {
         return now == Some(true);
     }
-    if let Some(set) = change.updated_fields.as_ref().and_then(|u| updated_value(u, flag_field)) {
+    if let Some(set) = change.updated(flag_field) {
         return set.is_truthy();
     }
     now == Some(true) && last_seen != Some(true)
@@ -168,16 +168,8 @@ fn flag_now(change: &Change, flag_field: &str) -> Option<bool> {
 fn field<'a>(change: &'a Change, path: &str) -> Option<&'a Value> {
     match &change.full_document {
         Some(doc) => doc.get_path(path),
-        None => change.updated_fields.as_ref().and_then(|u| updated_value(u, path)),
+        None => change.updated(path),
     }
-}
-
-/// `updatedFields` keys are dotted paths: the path itself or a set parent.
-fn updated_value<'a>(updated: &'a Map, path: &str) -> Option<&'a Value> {
-    if let Some(v) = updated.get(path) {
-        return Some(v);
-    }
-    path.match_indices('.').find_map(|(dot, _)| updated.get(&path[..dot])?.get_path(&path[dot + 1..]))
 }
 
 #[cfg(test)]

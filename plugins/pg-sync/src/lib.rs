@@ -165,7 +165,7 @@ impl Table {
     fn upsert_updated_fields(&self, id: &Value, change: &Change) -> Option<Effect> {
         let mut values = Map::new();
         for (path, column) in &self.columns {
-            if let Some(v) = updated_value(change, path) {
+            if let Some(v) = change.updated(path) {
                 values.insert(column.clone(), v.clone());
             } else if was_removed(change, path) {
                 values.insert(column.clone(), Value::Null);
@@ -186,16 +186,6 @@ impl Table {
         let key = [(self.key_column.clone(), id.clone())].into_iter().collect();
         Effect::RowDelete { table: self.table.clone(), key }
     }
-}
-
-/// A field's new value from `updatedFields`, whose keys are dotted paths: the
-/// path itself (`profile.name`), or a set parent (`profile` = {name: ...}).
-fn updated_value<'a>(change: &'a Change, path: &str) -> Option<&'a Value> {
-    let updated = change.updated_fields.as_ref()?;
-    if let Some(v) = updated.get(path) {
-        return Some(v);
-    }
-    path.match_indices('.').find_map(|(dot, _)| updated.get(&path[..dot])?.get_path(&path[dot + 1..]))
 }
 
 /// Whether `removedFields` lists the path or one of its parents.
