@@ -366,3 +366,32 @@ async fn plugin_check_and_test_are_the_offline_loop_for_authors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("speaks plugin ABI version 999"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The epoch ticker parks while no plugin runs; a call after a quiet spell must
+/// wake it, or a looping plugin would never be stopped.
+#[test]
+fn a_loop_after_a_quiet_spell_still_times_out() {
+    use oplet::runtime::{CallError, Limits, PluginCode, Runtime};
+    use oplet_sdk::{Change, Event, EventBody, Map, Value};
+    let wasm = std::fs::read(wasm_plugins().path("faulty")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = Runtime::new(None).unwrap();
+        let limits = Limits { time_ms: 50, ..Limits::default() };
+        let code = PluginCode::load(&runtime, "faulty", &wasm, limits, &Value::Null).unwrap();
+        let mut instance = code.new_instance().unwrap();
+        let doc: Map = [("fault".to_string(), Value::from("loop"))].into_iter().collect();
+        let change = Change { full_document: Some(Value::Map(doc)), ..Default::default() };
+        let event = Event { seq: 1, id: "e1".into(), source: "t".into(), time_ms: 0, body: EventBody::Change(change) };
+        for _ in 0..2 {
+            // Long enough for the ticker to park (20 ticks of 5 ms without a call).
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = tx.send(instance.handle(&event).map(|_| ()));
+            instance = code.new_instance().unwrap();
+        }
+    });
+    for round in 0..2 {
+        let result = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("round {round}: the looping call was never interrupted"));
+        assert_eq!(result, Err(CallError::Timeout { budget_ms: 50 }), "round {round}");
+    }
+}

@@ -43,7 +43,7 @@ pub(crate) struct Clock {
 impl Clock {
     /// Marks guest code as running until the guard drops (nesting is fine); wakes
     /// the ticker if it parked.
-    pub(crate) fn enter(self: &Arc<Self>) -> ClockGuard {
+    pub(crate) fn enter(&self) -> ClockGuard<'_> {
         self.started.fetch_add(1, Ordering::Relaxed);
         // SeqCst pairs with the ticker's `parked` store then `running` load: either
         // it sees this call and stays up, or this sees it parked and wakes it.
@@ -53,7 +53,7 @@ impl Clock {
                 t.unpark();
             }
         }
-        ClockGuard(self.clone())
+        ClockGuard(self)
     }
 
     fn tick_loop(&self, engine: &Engine) {
@@ -82,9 +82,9 @@ impl Clock {
     }
 }
 
-pub(crate) struct ClockGuard(Arc<Clock>);
+pub(crate) struct ClockGuard<'a>(&'a Clock);
 
-impl Drop for ClockGuard {
+impl Drop for ClockGuard<'_> {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
