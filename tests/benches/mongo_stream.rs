@@ -2,6 +2,11 @@
 //! `watch()` with a Python callback, `pymongo_watch.py`), in one run against the
 //! same server (nx-27017, or `OPLET_TEST_MONGODB_URI`):
 //!
+//! A third watcher gives the floor for any host built on the official Rust driver:
+//! this bench binary re-run as `driver-floor`, which reads the same change stream as
+//! raw documents with the `mongodb` crate, the way the host opens it, and does
+//! nothing else (no mapping, no plugin).
+//!
 //! 1. idle: CPU while nothing is written;
 //! 2. throughput: N documents in one `insert_many`, then an update as end marker;
 //!    both watchers drain the same changes; events/s into the `noop` plugin and CPU
@@ -24,6 +29,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if args.first().map(String::as_str) == Some(FLOOR) {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        return rt.block_on(driver_floor(&args[1], &args[2], &args[3]));
+    }
     let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (n, m, rate) = (arg(0, 20_000), arg(1, 2_000), arg(2, 500));
     let pause = args.get(3).map(|p| format!("idle_pause_min_ms = {p}\n")).unwrap_or_default();
@@ -66,22 +75,23 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
     let opid = oplet.pid();
 
     // 1. idle
-    let mut base = Baseline::start(&uri, &db, "items");
+    let mut base = Watcher::pymongo(&uri, &db, "items");
+    let mut floor = Watcher::driver_floor(&uri, &db, "items");
     let idle = Duration::from_secs(3);
-    let (o0, b0) = (cpu(opid), cpu(base.pid()));
+    let (o0, b0, f0) = (cpu(opid), cpu(base.pid()), cpu(floor.pid()));
     tokio::time::sleep(idle).await;
-    let (o_idle, b_idle) = (cpu(opid) - o0, cpu(base.pid()) - b0);
+    let (o_idle, b_idle, f_idle) = (cpu(opid) - o0, cpu(base.pid()) - b0, cpu(floor.pid()) - f0);
 
     // 2. throughput
     let docs: Vec<Document> = (0..n).map(|i| doc! { "_id": format!("i{i:07}"), "i": i as i64, "pad": "x".repeat(64) }).collect();
-    let (o0, b0) = (cpu(opid), cpu(base.pid()));
+    let (o0, b0, f0) = (cpu(opid), cpu(base.pid()), cpu(floor.pid()));
     let threads0 = cpu_by_thread(opid);
     let started = Instant::now();
     items.insert_many(docs).await.unwrap();
     let inserted = started.elapsed();
     items.update_one(doc! { "_id": format!("i{:07}", n - 1) }, doc! { "$set": { "done": true } }).await.unwrap();
-    let (mut o_done, mut b_done) = (None, None);
-    while o_done.is_none() || b_done.is_none() {
+    let (mut o_done, mut b_done, mut f_done) = (None, None, None);
+    while o_done.is_none() || b_done.is_none() || f_done.is_none() {
         if o_done.is_none() && oplet_caught_up(&state, &db, "marker") {
             o_done = Some((started.elapsed(), cpu(opid) - o0));
         }
@@ -91,15 +101,22 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
                 b_done = Some((started.elapsed(), cpu(base.pid()) - b0));
             }
         }
+        if f_done.is_none() {
+            if let Some(summary) = floor.summary() {
+                assert_eq!(summary["events"], n, "the driver floor saw every insert");
+                f_done = Some((started.elapsed(), cpu(floor.pid()) - f0));
+            }
+        }
         assert!(started.elapsed() < Duration::from_secs(600), "throughput phase did not finish:\n{}", oplet.logs());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (o_done, b_done) = (o_done.unwrap(), b_done.unwrap());
+    let (o_done, b_done, f_done) = (o_done.unwrap(), b_done.unwrap(), f_done.unwrap());
     let threads_throughput = thread_delta(&threads0, &cpu_by_thread(opid));
     drop(base);
+    drop(floor);
 
     // 3. latency
-    let mut base = Baseline::start(&uri, &db, "lat");
+    let mut base = Watcher::pymongo(&uri, &db, "lat");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tail = AuditTail::start(state.join("audit.jsonl"), "lat");
     let (o0, b0) = (cpu(opid), cpu(base.pid()));
@@ -163,6 +180,15 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
         per_event_us(b_done.1, n),
         ratio(b_done.1, o_done.1)
     );
+    let floor_line = format!(
+        "Floor, the Rust driver alone reading the same stream as raw documents (`driver-floor`): \
+         idle {:.1}% CPU; throughput {:.0} events/s, {:.1} µs CPU per event ({} lower than pymongo; oplet uses {:.1}x the floor).",
+        f_idle * 100.0 / idle.as_secs_f64(),
+        drain(f_done),
+        per_event_us(f_done.1, n),
+        ratio(b_done.1, f_done.1),
+        o_done.1 / f_done.1.max(f64::EPSILON)
+    );
     println!(
         "| latency, {m} inserts at {rate}/s ({:.2} s) | CPU time per event | {:.1} µs | {:.1} µs | {} lower |",
         wrote.as_secs_f64(),
@@ -172,6 +198,7 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
     );
     let (op, bp) = (percentiles(&mut oplet_lat), percentiles(&mut base_lat));
     println!("| | latency p50 / p99 / max | {op} (write → audit record on disk) | {bp} (write → callback) | |");
+    println!("\n{floor_line}");
     println!("\nevents: oplet {} / baseline {} in the latency phase", oplet_lat.len(), base_lat.len());
     println!("oplet CPU by thread, throughput phase: {threads_throughput}");
     println!("oplet CPU by thread, latency phase: {threads_latency}");
@@ -248,23 +275,29 @@ fn oplet_caught_up(state: &Path, db: &str, marker: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(&checkpoint).is_ok_and(|c| c["token"]["_data"] == data)
 }
 
-/// The pymongo baseline process.
-struct Baseline {
+/// A watcher process: the pymongo baseline or the driver floor. It prints `ready`
+/// once its stream is open, and one JSON line `{"events", ...}` after the end marker.
+struct Watcher {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
-impl Baseline {
-    fn start(uri: &str, db: &str, coll: &str) -> Baseline {
+impl Watcher {
+    fn pymongo(uri: &str, db: &str, coll: &str) -> Watcher {
         let python = std::env::var("OPLET_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pymongo_watch.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .args([uri, db, coll])
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the pymongo baseline");
+        let mut cmd = Command::new(python);
+        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pymongo_watch.py")).args([uri, db, coll]);
+        Watcher::start(cmd)
+    }
+
+    fn driver_floor(uri: &str, db: &str, coll: &str) -> Watcher {
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench's own path"));
+        cmd.args([FLOOR, uri, db, coll]);
+        Watcher::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> Watcher {
+        let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("start a watcher");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -272,9 +305,9 @@ impl Baseline {
                 let _ = tx.send(line);
             }
         });
-        let first = lines.recv_timeout(Duration::from_secs(30)).expect("the baseline says ready");
+        let first = lines.recv_timeout(Duration::from_secs(30)).expect("the watcher says ready");
         assert_eq!(first, "ready");
-        Baseline { child, lines }
+        Watcher { child, lines }
     }
 
     fn pid(&self) -> u32 {
@@ -287,7 +320,7 @@ impl Baseline {
     }
 }
 
-impl Drop for Baseline {
+impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -338,4 +371,29 @@ impl AuditTail {
     fn take(&self) -> Vec<f64> {
         self.rx.try_iter().collect()
     }
+}
+
+/// The argument that runs this binary as the driver-floor watcher.
+const FLOOR: &str = "driver-floor";
+
+/// The driver-floor watcher: the collection's change stream read as raw documents,
+/// opened as the host opens it, with the host's pause after an empty batch on a
+/// server that answers at once (5 ms); counts events until the first update.
+async fn driver_floor(uri: &str, db: &str, coll: &str) {
+    use mongodb::bson::RawDocumentBuf;
+    use mongodb::options::ChangeStreamOptions;
+    let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+    let mut options = ChangeStreamOptions::default();
+    options.max_await_time = Some(Duration::from_millis(1000));
+    let mut stream = client.database(db).collection::<Document>(coll).watch().with_options(options).await.unwrap().with_type::<RawDocumentBuf>();
+    println!("ready");
+    let mut events = 0u64;
+    loop {
+        match stream.next_if_any().await.unwrap() {
+            Some(raw) if raw.get_str("operationType") == Ok("update") => break,
+            Some(_) => events += 1,
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    println!("{}", serde_json::json!({ "events": events }));
 }
