@@ -4,7 +4,7 @@
 //! capabilities it asks for, its limits and its config. Unknown keys are errors
 //! (a typo must not silently widen or narrow a subscription).
 
-use oplet_sdk::{Event, EventBody, OperationType, Value};
+use oplet_sdk::{namespace_matches, Event, EventBody, OperationType, Value};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -155,18 +155,6 @@ impl Subscription {
             }
             _ => false,
         }
-    }
-}
-
-/// `*`, `db.*` or `db.coll` against a change's database and collection.
-pub fn namespace_matches(pattern: &str, db: &str, coll: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    match pattern.split_once('.') {
-        Some((d, "*")) => d == db,
-        Some((d, c)) => d == db && c == coll,
-        None => false,
     }
 }
 

@@ -183,6 +183,20 @@ impl Change {
     }
 }
 
+/// Whether the namespace `db.coll` matches `pattern`: `"db.coll"`, `"db.*"` (every
+/// collection of `db`) or `"*"` (everything). The host's manifest subscriptions
+/// and the bundled plugins' configs use these patterns.
+pub fn namespace_matches(pattern: &str, db: &str, coll: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once('.') {
+        Some((d, "*")) => d == db,
+        Some((d, c)) => d == db && c == coll,
+        None => false,
+    }
+}
+
 /// An event a Socket.IO client sent to the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct SocketEvent {

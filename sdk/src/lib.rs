@@ -29,7 +29,7 @@ mod event;
 mod value;
 
 pub use effect::{CapabilityKind, Effect, EmitTarget, LogLevel};
-pub use event::{Change, Event, EventBody, OperationType, SocketEvent};
+pub use event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
 pub use value::{Map, Value};
 
 use serde::{Deserialize, Serialize};

@@ -436,3 +436,14 @@ fn a_field_under_a_parent_the_update_set_whole_is_found() {
     assert_eq!(c.field("stats"), None, "only stats.count was set: stats as a whole is unknown");
     assert_eq!(c.field("other.name"), None);
 }
+
+#[test]
+fn namespace_patterns_match_a_collection_a_database_or_everything() {
+    use oplet_sdk::namespace_matches;
+    assert!(namespace_matches("app.users", "app", "users"));
+    assert!(!namespace_matches("app.users", "app", "orders"));
+    assert!(namespace_matches("app.*", "app", "orders"));
+    assert!(!namespace_matches("app.*", "shop", "orders"));
+    assert!(namespace_matches("*", "shop", "orders"));
+    assert!(!namespace_matches("app", "app", "users"), "a bare database name is no pattern");
+}

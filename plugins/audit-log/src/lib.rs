@@ -4,7 +4,7 @@
 //! who (`actor`, read from a configurable field of the document), keyed by the
 //! event id so a replayed event writes no second record.
 
-use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, Map, OperationType, Result, Value};
+use oplet_sdk::{handler, init, namespace_matches, Change, Effect, Error, Event, EventBody, Map, OperationType, Result, Value};
 use std::cell::RefCell;
 
 thread_local! {
@@ -96,15 +96,6 @@ fn changed_fields(change: &Change) -> Value {
             set.chain(removed).collect::<Vec<_>>().into()
         }
         _ => Value::Null,
-    }
-}
-
-fn namespace_matches(pattern: &str, db: &str, coll: &str) -> bool {
-    match pattern.split_once('.') {
-        _ if pattern == "*" => true,
-        Some((d, "*")) => d == db,
-        Some((d, c)) => d == db && c == coll,
-        None => false,
     }
 }
 

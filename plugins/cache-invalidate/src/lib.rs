@@ -4,7 +4,7 @@
 //! templates such as `model:{_id}` or `user:{uuid}:profile`; the keys of every
 //! matching rule go out as one cache delete per event.
 
-use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, OperationType, Result, Value};
+use oplet_sdk::{handler, init, namespace_matches, Change, Effect, Error, Event, EventBody, LogLevel, OperationType, Result, Value};
 use std::cell::RefCell;
 
 thread_local! {
@@ -204,15 +204,6 @@ fn lookup<'a>(change: &'a Change, field: &str) -> Option<&'a Value> {
 
 fn strings(v: &Value) -> Option<Vec<String>> {
     v.as_array()?.iter().map(|s| s.as_str().map(str::to_string)).collect()
-}
-
-fn namespace_matches(pattern: &str, db: &str, coll: &str) -> bool {
-    match pattern.split_once('.') {
-        _ if pattern == "*" => true,
-        Some((d, "*")) => d == db,
-        Some((d, c)) => d == db && c == coll,
-        None => false,
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! become a row upsert keyed by `_id` (mapped fields in their own columns, the
 //! whole document in a jsonb column); deletes become a row delete.
 
-use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
+use oplet_sdk::{handler, init, namespace_matches, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
 use std::cell::RefCell;
 
 thread_local! {
@@ -57,7 +57,7 @@ impl Config {
 
     pub fn effects(&self, event: &Event) -> Vec<Effect> {
         let EventBody::Change(change) = &event.body else { return vec![] };
-        let tables: Vec<&Table> = self.tables.iter().filter(|t| namespace_matches(&t.namespace, change)).collect();
+        let tables: Vec<&Table> = self.tables.iter().filter(|t| namespace_matches(&t.namespace, &change.db, &change.coll)).collect();
         if tables.is_empty() {
             return vec![];
         }
@@ -195,14 +195,6 @@ fn was_removed(change: &Change, path: &str) -> bool {
         .iter()
         .flatten()
         .any(|r| path == r || path.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('.')))
-}
-
-fn namespace_matches(pattern: &str, change: &Change) -> bool {
-    match pattern.split_once('.') {
-        Some((d, "*")) => d == change.db,
-        Some((d, c)) => d == change.db && c == change.coll,
-        None => false,
-    }
 }
 
 #[cfg(test)]
