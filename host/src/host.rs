@@ -31,6 +31,7 @@ pub enum Outcome {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<Outcome> {
+    let mut signal = ShutdownSignal::listen()?;
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
@@ -116,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
                     break Outcome::SourcesDone;
                 }
             }
-            _ = shutdown_signal() => break Outcome::Signal,
+            _ = signal.recv() => break Outcome::Signal,
             _ = halt.notified() => break Outcome::Halted,
         }
     };
@@ -145,15 +146,36 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, listened for from the start of `run`: a signal that comes
+/// while plugins load is a clean shutdown too, not the default action's kill, and
+/// one that comes between two turns of the main loop is not missed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn listen() -> anyhow::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+            let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+            Ok(ShutdownSignal { term, int })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
