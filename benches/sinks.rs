@@ -5,7 +5,7 @@
 //! durability (fsync per commit); and Redis keys/s pipelined vs one round trip per
 //! key. Each pair runs in the same process, alternating, three rounds; the medians
 //! and their ratio are printed.
-//! Run: `cargo bench -p oplet-tests --bench sinks`.
+//! Run: `cargo bench -p oplet-benches --bench sinks`.
 
 use oplet::checkpoint::Tracker;
 use oplet::deadletter::DeadLetters;

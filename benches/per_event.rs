@@ -1,7 +1,7 @@
 //! The per-event path, measured: encode the event, call the plugin, decode the
 //! reply, check the effects' capabilities. Baseline in the same run: the codec
 //! alone (no wasm), so figures read as ratios on a noisy shared machine.
-//! Run: `cargo bench -p oplet-tests --bench per_event`.
+//! Run: `cargo bench -p oplet-benches --bench per_event`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use oplet::checkpoint::Tracker;

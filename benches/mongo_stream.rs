@@ -16,7 +16,7 @@
 //!    audit record and this bench notes write → record on disk (an upper bound of
 //!    write → plugin: it includes the audit batch and its fsync).
 //!
-//! Run: `cargo bench -p oplet-tests --bench mongo_stream` (`-- N M RATE [PAUSE_MS]`
+//! Run: `cargo bench -p oplet-benches --bench mongo_stream` (`-- N M RATE [PAUSE_MS]`
 //! to change the defaults 20000 2000 500, and set the source's `idle_pause_min_ms`).
 
 use mongodb::bson::{doc, Document};
@@ -286,7 +286,7 @@ impl Watcher {
     fn pymongo(uri: &str, db: &str, coll: &str) -> Watcher {
         let python = std::env::var("OPLET_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(python);
-        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pymongo_watch.py")).args([uri, db, coll]);
+        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pymongo_watch.py")).args([uri, db, coll]);
         Watcher::start(cmd)
     }
 

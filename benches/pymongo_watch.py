@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Baseline for `cargo bench -p oplet-tests --bench mongo_stream`: a change-stream
+"""Baseline for `cargo bench -p oplet-benches --bench mongo_stream`: a change-stream
 watcher written the way the seed guides write one, pymongo's `watch()` and a
 Python callback per change.
 

@@ -1,7 +1,7 @@
 //! Hot reload, measured: how long after a plugin file is renamed into the watched
 //! folder the new version is live, with the compiled-module cache warm and cold.
 //! Baseline in the same run: a cold compile with Cranelift. Prints figures.
-//! Run: `cargo bench -p oplet-tests --bench reload`.
+//! Run: `cargo bench -p oplet-benches --bench reload`.
 
 use oplet::config::Config;
 use oplet::deadletter::DeadLetters;
