@@ -13,6 +13,7 @@ mod feed;
 mod poll;
 mod retry;
 mod stream;
+pub mod transcode;
 
 use super::SourceContext;
 use crate::checkpoint::{CheckpointStore, Tracker};
