@@ -94,4 +94,16 @@ else
     "$PYTHON" -m pip install -q "${pip_flags[@]}" nx-27017==0.8.1 pymongo python-socketio aiohttp
 fi
 
+# The AssemblyScript compiler for the PDK in pdk/assemblyscript (its tests build
+# plugins with it), pinned by package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if [ -x pdk/assemblyscript/node_modules/.bin/asc ]; then
+    say "assemblyscript (pdk/assemblyscript): present"
+else
+    say "npm ci in pdk/assemblyscript (the assemblyscript compiler)"
+    (cd pdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 say "done"

@@ -1,0 +1,337 @@
+// The event a plugin receives (docs/abi.md §7.1–7.4), read lazily: `Event` finds
+// where each header field and the body are, once; `Val` is a position in the
+// input bytes that decodes only what the plugin asks for (`get("a.b")`,
+// `asString()`), so a plugin pays for the fields it touches, not the document.
+
+import { Kind, Reader } from "./msgpack";
+
+/** A value inside the event's bytes (or any MessagePack bytes). */
+export class Val {
+  constructor(public pos: usize, public end: usize) {}
+
+  reader(): Reader { return new Reader(this.pos, this.end); }
+
+  kind(): Kind { return this.reader().kind(); }
+  isNull(): bool { return this.kind() == Kind.Nil; }
+  isString(): bool { return this.kind() == Kind.Str; }
+  isMap(): bool { return this.kind() == Kind.Map; }
+  isArray(): bool { return this.kind() == Kind.Array; }
+
+  /** The string, or null when this is not a string. */
+  asString(): string | null {
+    return this.isString() ? this.reader().str() : null;
+  }
+
+  /** Whether this is the string `s`, without decoding it. */
+  equalsString(s: string): bool {
+    if (!this.isString()) return false;
+    const bytes = String.UTF8.encode(s);
+    return this.reader().strEquals(changetype<usize>(bytes), bytes.byteLength);
+  }
+
+  /** An integer (a float with no fraction counts), else `fallback`. */
+  asInt(fallback: i64 = 0): i64 {
+    const k = this.kind();
+    if (k == Kind.Int) return this.reader().int();
+    if (k == Kind.Float) {
+      const f = this.reader().float();
+      if (Math.floor(f) == f && isFinite(f)) return <i64>f;
+    }
+    return fallback;
+  }
+
+  asFloat(fallback: f64 = NaN): f64 {
+    const k = this.kind();
+    return k == Kind.Int || k == Kind.Float ? this.reader().float() : fallback;
+  }
+
+  /** Strict boolean: only true/false; else `fallback`. */
+  asBool(fallback: bool = false): bool {
+    return this.kind() == Kind.Bool ? this.reader().bool() : fallback;
+  }
+
+  /** Lenient truth as MongoDB-compatible servers store it: true, or a non-zero number. */
+  isTruthy(): bool {
+    const k = this.kind();
+    if (k == Kind.Bool) return this.reader().bool();
+    if (k == Kind.Int || k == Kind.Float) return this.reader().float() != 0;
+    return false;
+  }
+
+  /** The field `key` of a map, or null. */
+  get(key: string): Val | null {
+    if (!this.isMap()) return null;
+    const bytes = String.UTF8.encode(key);
+    return this.find(changetype<usize>(bytes), bytes.byteLength);
+  }
+
+  private find(key: usize, keyLen: usize): Val | null {
+    const r = this.reader();
+    const n = r.mapLen();
+    for (let i: u32 = 0; i < n; i++) {
+      if (r.kind() == Kind.Str) {
+        if (r.strEquals(key, keyLen)) return new Val(r.pos, this.end);
+      } else {
+        r.skip();
+      }
+      r.skip();
+    }
+    return null;
+  }
+
+  /** Item `i` of an array, or null. */
+  at(i: u32): Val | null {
+    if (!this.isArray()) return null;
+    const r = this.reader();
+    const n = r.arrayLen();
+    if (i >= n) return null;
+    for (let j: u32 = 0; j < i; j++) r.skip();
+    return new Val(r.pos, this.end);
+  }
+
+  /** A nested value by dotted path: "profile.name", "items.0.sku". */
+  path(path: string): Val | null {
+    let cur: Val | null = this;
+    const parts = path.split(".");
+    for (let i = 0; i < parts.length && cur != null; i++) {
+      const part = parts[i];
+      const c: Val = cur;
+      if (c.isMap()) cur = c.get(part);
+      else if (c.isArray()) {
+        const n = I32.parseInt(part);
+        cur = isNaN(n) || n < 0 ? null : c.at(<u32>n);
+      } else cur = null;
+    }
+    return cur;
+  }
+
+  /** The number of entries of a map or items of an array; 0 otherwise. */
+  len(): u32 {
+    const k = this.kind();
+    if (k == Kind.Map) return this.reader().mapLen();
+    if (k == Kind.Array) return this.reader().arrayLen();
+    return 0;
+  }
+
+  /** The keys of a map, in order. */
+  keys(): string[] {
+    const out = new Array<string>();
+    if (!this.isMap()) return out;
+    const r = this.reader();
+    const n = r.mapLen();
+    for (let i: u32 = 0; i < n; i++) {
+      if (r.kind() == Kind.Str) out.push(r.str()); else r.skip();
+      r.skip();
+    }
+    return out;
+  }
+
+  /** The end of this value's bytes (for copying it whole into an effect). */
+  valueEnd(): usize {
+    const r = this.reader();
+    r.skip();
+    return r.pos;
+  }
+
+  /**
+   * The value as text for keys and messages, as the Rust SDK's `to_key_string`:
+   * strings as they are, numbers and booleans printed, {"$oid": h} as h,
+   * {"$numberDecimal": d} as d, {"$date": ms} as ms; anything else as JSON.
+   */
+  toKeyString(): string {
+    const k = this.kind();
+    if (k == Kind.Str) return this.reader().str();
+    if (k == Kind.Int) return this.reader().int().toString();
+    if (k == Kind.Float) return this.reader().float().toString();
+    if (k == Kind.Bool) return this.reader().bool() ? "true" : "false";
+    if (k == Kind.Map && this.len() == 1) {
+      const keys = this.keys();
+      const key = keys[0];
+      if (key == "$oid" || key == "$numberDecimal" || key == "$date") {
+        const inner = this.get(key);
+        if (inner != null) return inner.toKeyString();
+      }
+    }
+    return this.toJson();
+  }
+
+  /** Compact JSON of the value (maps keep their order). */
+  toJson(): string {
+    const parts = new Array<string>();
+    json(this.reader(), parts, 0);
+    return parts.join("");
+  }
+}
+
+function json(r: Reader, out: string[], depth: i32): void {
+  if (depth > 200) { out.push("null"); r.skip(); return; }
+  const k = r.kind();
+  if (k == Kind.Nil) { r.skip(); out.push("null"); }
+  else if (k == Kind.Bool) out.push(r.bool() ? "true" : "false");
+  else if (k == Kind.Int) out.push(r.int().toString());
+  else if (k == Kind.Float) { const f = r.float(); out.push(isFinite(f) ? f.toString() : "null"); }
+  else if (k == Kind.Str) out.push(quote(r.str()));
+  else if (k == Kind.Array) {
+    const n = r.arrayLen();
+    out.push("[");
+    for (let i: u32 = 0; i < n; i++) { if (i > 0) out.push(","); json(r, out, depth + 1); }
+    out.push("]");
+  } else if (k == Kind.Map) {
+    const n = r.mapLen();
+    out.push("{");
+    for (let i: u32 = 0; i < n; i++) {
+      if (i > 0) out.push(",");
+      if (r.kind() == Kind.Str) out.push(quote(r.str())); else { r.skip(); out.push("\"?\""); }
+      out.push(":");
+      json(r, out, depth + 1);
+    }
+    out.push("}");
+  } else { r.skip(); out.push("null"); }
+}
+
+function quote(s: string): string {
+  let out = "\"";
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c == 0x22) out += "\\\"";
+    else if (c == 0x5c) out += "\\\\";
+    else if (c < 0x20) out += "\\u" + c.toString(16).padStart(4, "0");
+    else out += String.fromCharCode(c);
+  }
+  return out + "\"";
+}
+
+/** A change in a database collection (docs/abi.md §7.2). */
+export class Change {
+  op: string = "";
+  db: string = "";
+  coll: string = "";
+  /** The documentKey, usually {"_id": ...}. */
+  key: Val | null = null;
+  /** The whole document after the change, when the server sent it. */
+  fullDocument: Val | null = null;
+  /** Fields an update set, keyed by dotted path. */
+  updatedFields: Val | null = null;
+  removedFields: Val | null = null;
+  before: Val | null = null;
+
+  /** db + "." + coll */
+  namespace(): string { return this.db + "." + this.coll; }
+
+  /** documentKey._id */
+  id(): Val | null { return this.key == null ? null : (<Val>this.key).get("_id"); }
+
+  /**
+   * A field of the document after the change (dotted path): from the full document
+   * when present, else what the update set (the path itself, or a parent set whole).
+   */
+  field(path: string): Val | null {
+    if (this.fullDocument != null) {
+      const v = (<Val>this.fullDocument).path(path);
+      if (v != null) return v;
+    }
+    return this.updated(path);
+  }
+
+  /** A field's new value from updatedFields, or null if the update did not set it. */
+  updated(path: string): Val | null {
+    if (this.updatedFields == null) return null;
+    const updated = <Val>this.updatedFields;
+    const whole = updated.get(path);
+    if (whole != null) return whole;
+    let dot = path.indexOf(".");
+    while (dot >= 0) {
+      const parent = updated.get(path.substring(0, dot));
+      if (parent != null) {
+        const inner = parent.path(path.substring(dot + 1));
+        if (inner != null) return inner;
+      }
+      dot = path.indexOf(".", dot + 1);
+    }
+    return null;
+  }
+}
+
+/** An event a Socket.IO client sent (docs/abi.md §7.3). */
+export class SocketEvent {
+  client: string = "";
+  event: string = "";
+  payload: Val | null = null;
+}
+
+/** One event (docs/abi.md §7.1). Header fields are read once; documents stay bytes. */
+export class Event {
+  seq: u64 = 0;
+  id: string = "";
+  source: string = "";
+  timeMs: i64 = 0;
+  /** "change", "socket", or a kind this PDK does not know (a newer host). */
+  kind: string = "";
+  change: Change | null = null;
+  socket: SocketEvent | null = null;
+
+  /** Reads the event at [ptr, ptr + len). Unknown keys are skipped. */
+  static read(ptr: usize, len: usize): Event {
+    const end = ptr + len;
+    const e = new Event();
+    const r = new Reader(ptr, end);
+    const n = r.mapLen();
+    for (let i: u32 = 0; i < n; i++) {
+      const key = r.str();
+      if (key == "seq") e.seq = <u64>r.int();
+      else if (key == "id") e.id = r.str();
+      else if (key == "source") e.source = r.str();
+      else if (key == "time_ms") e.timeMs = r.int();
+      else if (key == "body") readBody(e, r, end);
+      else r.skip();
+    }
+    return e;
+  }
+}
+
+function nullable(r: Reader, end: usize): Val | null {
+  const v = new Val(r.pos, end);
+  r.skip();
+  return v.isNull() ? null : v;
+}
+
+function readBody(e: Event, r: Reader, end: usize): void {
+  const n = r.mapLen();
+  let dataAt: usize = 0;
+  for (let i: u32 = 0; i < n; i++) {
+    const key = r.str();
+    if (key == "kind") e.kind = r.str();
+    else if (key == "data") { dataAt = r.pos; r.skip(); }
+    else r.skip();
+  }
+  if (dataAt == 0) return;
+  const d = new Reader(dataAt, end);
+  if (d.kind() != Kind.Map) return;
+  const m = d.mapLen();
+  if (e.kind == "change") {
+    const c = new Change();
+    for (let i: u32 = 0; i < m; i++) {
+      const key = d.str();
+      if (key == "op") c.op = d.str();
+      else if (key == "db") c.db = d.str();
+      else if (key == "coll") c.coll = d.str();
+      else if (key == "key") c.key = nullable(d, end);
+      else if (key == "full_document") c.fullDocument = nullable(d, end);
+      else if (key == "updated_fields") c.updatedFields = nullable(d, end);
+      else if (key == "removed_fields") c.removedFields = nullable(d, end);
+      else if (key == "before") c.before = nullable(d, end);
+      else d.skip();
+    }
+    e.change = c;
+  } else if (e.kind == "socket") {
+    const s = new SocketEvent();
+    for (let i: u32 = 0; i < m; i++) {
+      const key = d.str();
+      if (key == "client") s.client = d.str();
+      else if (key == "event") s.event = d.str();
+      else if (key == "payload") s.payload = nullable(d, end);
+      else d.skip();
+    }
+    e.socket = s;
+  }
+}
