@@ -14,16 +14,18 @@ ROOT=$(pwd)
 say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*"; }
 
 scripts/setup.sh
-say "building oplet and the bundled plugins (release; the first build takes a few minutes)"
-cargo build --release -p oplet
+say "building oplet and the bundled plugins (the first build takes several minutes on 2 cores)"
+# The same build as the tests' (scripts/test.sh), so running both compiles the host once.
+cargo build -p oplet --bin oplet
 cargo build --release --target wasm32-unknown-unknown --manifest-path plugins/Cargo.toml --target-dir target/wasm
-OPLET=$ROOT/target/release/oplet
+OPLET=$ROOT/target/debug/oplet
 WASM=$ROOT/target/wasm/wasm32-unknown-unknown/release
 
 DEMO=$(mktemp -d /tmp/oplet-demo.XXXXXX)
 chmod 755 "$DEMO"
 PIDS=()
 cleanup() {
+    cd /
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$DEMO/redis.pid" ] && kill "$(cat "$DEMO/redis.pid")" 2>/dev/null || true
     [ -d "$DEMO/pg" ] && runuser -u postgres -- pg_ctl -D "$DEMO/pg" -m immediate stop >/dev/null 2>&1 || true
@@ -39,8 +41,11 @@ OPLET_TEST_NX_LOG_LEVEL=WARNING python3 tests/support/nx_launcher.py --db "$DEMO
 PIDS+=($!)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --pidfile "$DEMO/redis.pid" --logfile "$DEMO/redis.log"
 mkdir -p "$DEMO/pg" && chown postgres "$DEMO/pg"
+# The postgres user cannot enter root's working directory: run its tools from /.
+cd /
 runuser -u postgres -- initdb -D "$DEMO/pg" -A trust -U postgres >/dev/null
 runuser -u postgres -- pg_ctl -D "$DEMO/pg" -o "-p $PG_PORT -k $DEMO/pg -c listen_addresses=127.0.0.1" -l "$DEMO/pg/log" -w start >/dev/null
+cd "$ROOT"
 psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c \
     "create table users (id text primary key, email text, name text, doc jsonb)"
 
@@ -55,7 +60,7 @@ state_dir = "state"
 [plugins]
 dir = "plugins"
 [grants."cache-invalidate"]
-cache_prefixes = ["user:"]
+cache_prefixes = ["model:", "user:"]
 [grants."pg-sync"]
 tables = ["users"]
 [grants."audit-log"]
