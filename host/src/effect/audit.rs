@@ -133,7 +133,8 @@ struct Dedup {
     mark: u64,
     mark_written: u64,
     mark_time: Instant,
-    seen: HashSet<String>,
+    /// Shared with the entries' `keys`: each key is stored once.
+    seen: HashSet<Arc<str>>,
     entries: VecDeque<Entry>,
     /// Trackers met in this run, by checkpoint key.
     trackers: HashMap<String, Arc<Tracker>>,
@@ -141,7 +142,7 @@ struct Dedup {
 
 struct Entry {
     end: u64,
-    keys: Vec<String>,
+    keys: Vec<Arc<str>>,
     settled: bool,
     until: Until,
 }
@@ -191,8 +192,9 @@ impl Dedup {
                         Some(_) => {}
                         None => legacy = true,
                     }
-                    if dedup.seen.insert(head.key.clone()) {
-                        keys.push(head.key);
+                    let key: Arc<str> = head.key.into();
+                    if dedup.seen.insert(key.clone()) {
+                        keys.push(key);
                     }
                 }
                 None => tracing::warn!(path = %path.display(), offset = mark, "an audit line without a readable key: it cannot be de-duplicated"),
@@ -210,7 +212,7 @@ impl Dedup {
     }
 
     /// Remembers a batch written up to `end`.
-    fn written(&mut self, end: u64, keys: Vec<String>, events: &[(Arc<Tracker>, u64)]) {
+    fn written(&mut self, end: u64, keys: Vec<Arc<str>>, events: &[(Arc<Tracker>, u64)]) {
         for (t, _) in events {
             self.trackers.entry(t.source().to_string()).or_insert_with(|| t.clone());
         }
@@ -235,7 +237,7 @@ impl Dedup {
             if done {
                 e.settled = true;
                 for k in e.keys.drain(..) {
-                    self.seen.remove(&k);
+                    self.seen.remove(&*k);
                 }
             }
         }
@@ -323,7 +325,7 @@ impl Writer {
             }
             buf.push_str(&item.line);
             buf.push('\n');
-            keys.push(item.key.clone());
+            keys.push(Arc::from(item.key.as_str()));
             let tracker = item.ticket.tracker();
             match events.iter_mut().find(|(t, _)| Arc::ptr_eq(t, tracker)) {
                 Some((_, seq)) => *seq = (*seq).max(item.seq),
