@@ -423,6 +423,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_for_a_stopped_writer_holds_its_event() {
+        let path = temp("stopped");
+        let tracker = Tracker::new("events", 1, None);
+        let audit = AuditHandle::start(&path, 64, 0, 16, Health::new()).unwrap();
+        audit.shutdown().await;
+        let ticket = tracker.ticket(1, Some(serde_json::json!(1)));
+        audit.append("p", &event(1), 0, Value::Int(1), ticket); // a closed queue never blocks
+        assert_eq!((tracker.watermark(), tracker.position().0), (1, None), "event 1 is held, not done");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
     async fn a_replay_writes_nothing_twice_and_saved_batches_leave_memory() {
         let path = temp("replay");
         let health = Health::new();
