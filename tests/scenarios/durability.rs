@@ -86,7 +86,7 @@ impl Host {
     }
 
     fn install_echo(&self, name: &str) {
-        let manifest = format!("name = \"{name}\"\n[[subscribe]]\nnamespaces = [\"app.*\"]\n[capabilities]\naudit = true\n");
+        let manifest = format!("name = \"{name}\"\n[[subscribe]]\nnamespaces = [\"*\"]\n[capabilities]\naudit = true\n");
         install_plugin_from(&self.path().join("plugins"), name, &wasm_plugins().path("echo"), &manifest);
     }
 

@@ -211,11 +211,14 @@ impl Dedup {
         self.seen.contains(key)
     }
 
+    fn meet(&mut self, tracker: &Arc<Tracker>) {
+        if !self.trackers.contains_key(tracker.source()) {
+            self.trackers.insert(tracker.source().to_string(), tracker.clone());
+        }
+    }
+
     /// Remembers a batch written up to `end`.
     fn written(&mut self, end: u64, keys: Vec<Arc<str>>, events: &[(Arc<Tracker>, u64)]) {
-        for (t, _) in events {
-            self.trackers.entry(t.source().to_string()).or_insert_with(|| t.clone());
-        }
         self.seen.extend(keys.iter().cloned());
         self.entries.push_back(Entry { end, keys, settled: false, until: Until::Batch(events.to_vec()) });
     }
@@ -320,6 +323,8 @@ impl Writer {
         let mut in_batch = HashSet::new();
         let mut events: Vec<(Arc<Tracker>, u64)> = Vec::new();
         for item in &batch {
+            // Met even through a replayed record: the start's lines settle by it.
+            self.dedup.meet(item.ticket.tracker());
             if self.dedup.contains(&item.key) || !in_batch.insert(item.key.as_str()) {
                 continue; // written before: a replay
             }
@@ -419,6 +424,47 @@ mod tests {
         // Without a mark (a file from an older host) the whole file is read once.
         std::fs::remove_file(mark_path(&path)).unwrap();
         assert_eq!(Dedup::load(&path, file.len()).unwrap().seen.len(), 1_000_000);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    /// Saves `tracker`'s position as the host's saver does.
+    async fn save(tracker: &Arc<Tracker>, dir: &Path) {
+        let store = crate::checkpoint::CheckpointStore::new(dir).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(true);
+        crate::checkpoint::run_saver(tracker.clone(), store, Duration::from_millis(1), stop_rx).await;
+        drop(stop_tx);
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_keys_that_can_replay_until_their_source_saved_past_them() {
+        let path = temp("settle");
+        // The last run wrote events 1..=3 and crashed before saving any of them.
+        let before = Tracker::new("events", 1, None);
+        let mut text = String::new();
+        for n in 1..=3 {
+            let ticket = before.ticket(n, None);
+            text.push_str(&record_line(&format!("p:events:{n}:0"), "p", &event(n), &Value::Null, &ticket));
+            text.push('\n');
+            ticket.hold();
+        }
+        std::fs::write(&path, &text).unwrap();
+        let mut dedup = Dedup::load(&path, text.len() as u64).unwrap();
+        assert_eq!(dedup.seen.len(), 3);
+        // This run replays them: two saved are not enough, three are.
+        let now = Tracker::new("events", 1, None);
+        dedup.meet(&now);
+        let ckpt = path.parent().unwrap().join("checkpoints");
+        for n in 1..=2 {
+            drop(now.ticket(n, Some(serde_json::json!(n))));
+        }
+        save(&now, &ckpt).await;
+        dedup.settle(false);
+        assert_eq!((dedup.seen.len(), dedup.mark), (3, 0), "event 3 may still replay its record");
+        drop(now.ticket(3, Some(serde_json::json!(3))));
+        save(&now, &ckpt).await;
+        dedup.settle(true);
+        assert_eq!((dedup.seen.len(), dedup.mark), (0, text.len() as u64), "nothing left that can replay");
+        assert_eq!(read_mark(&mark_path(&path), &path, text.len() as u64), text.len() as u64, "the next start reads nothing");
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
