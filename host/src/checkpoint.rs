@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -17,6 +18,10 @@ pub type Position = serde_json::Value;
 
 pub struct Tracker {
     source: String,
+    /// False for sources whose events are never replayed (Socket.IO clients).
+    replayable: bool,
+    /// The seq of this run's first event.
+    first_seq: u64,
     state: Mutex<TrackerState>,
     changed: Notify,
 }
@@ -31,21 +36,35 @@ struct TrackerState {
     version: u64,
     /// Events completed in total (for stats and tests).
     completed: u64,
+    /// Every event below this one is done and its position durably saved.
+    saved_next: u64,
 }
 
 impl Tracker {
     /// `first_seq`: the sequence number the source will give its first event.
     pub fn new(source: &str, first_seq: u64, position: Option<Position>) -> Arc<Tracker> {
+        Tracker::build(source, first_seq, position, true)
+    }
+
+    /// A tracker for a source whose events are never replayed (client events):
+    /// a done event counts as saved.
+    pub fn unreplayable(source: &str) -> Arc<Tracker> {
+        Tracker::build(source, 1, None, false)
+    }
+
+    fn build(source: &str, first_seq: u64, position: Option<Position>, replayable: bool) -> Arc<Tracker> {
         Arc::new(Tracker {
             source: source.to_string(),
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0 }),
+            replayable,
+            first_seq,
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq }),
             changed: Notify::new(),
         })
     }
 
     /// A ticket for event `seq`; `position` is where to resume after it.
     pub fn ticket(self: &Arc<Self>, seq: u64, position: Option<Position>) -> Ticket {
-        Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position }))
+        Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
 
     fn done(&self, seq: u64, position: Option<Position>) {
@@ -84,6 +103,32 @@ impl Tracker {
         self.state.lock().expect("tracker lock").next
     }
 
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Every event of this run below the returned seq is done and can never be
+    /// replayed (its position is saved, or the source never replays).
+    pub fn saved_below(&self) -> u64 {
+        let st = self.state.lock().expect("tracker lock");
+        if self.replayable {
+            st.saved_next
+        } else {
+            st.next
+        }
+    }
+
+    /// The position to save, its version, and the watermark it covers.
+    fn to_save(&self) -> (Option<Position>, u64, u64) {
+        let st = self.state.lock().expect("tracker lock");
+        (st.position.clone(), st.version, st.next)
+    }
+
+    fn saved(&self, below: u64) {
+        let mut st = self.state.lock().expect("tracker lock");
+        st.saved_next = st.saved_next.max(below);
+    }
+
     pub fn completed(&self) -> u64 {
         self.state.lock().expect("tracker lock").completed
     }
@@ -102,18 +147,42 @@ impl Ticket {
     pub fn seq(&self) -> u64 {
         self.0.seq
     }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.0.tracker
+    }
+
+    /// The event's work can neither be applied nor recorded in this run: it
+    /// never completes (whatever other clones do), so the checkpoint stays below
+    /// it and the event is replayed on the next start.
+    pub fn hold(self) {
+        self.0.held.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // A panic may have cut the holder's work short (an effect not yet handed
+        // on): the event must not count as done, even when other clones finish.
+        if std::thread::panicking() {
+            self.0.held.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 struct TicketInner {
     tracker: Arc<Tracker>,
     seq: u64,
     position: Option<Position>,
+    held: AtomicBool,
 }
 
 impl Drop for TicketInner {
     fn drop(&mut self) {
-        // A panic unwinding through a worker would otherwise mark its event done;
-        // the binary aborts on panic (see `cli::abort_on_panic`), so a drop here always means done.
+        if self.held.load(Ordering::SeqCst) || std::thread::panicking() {
+            tracing::error!(source = %self.tracker.source, seq = self.seq, "event held: not done in this run; the checkpoint stays below it");
+            return;
+        }
         self.tracker.done(self.seq, self.position.take());
     }
 }
@@ -190,11 +259,14 @@ pub async fn run_saver<S: PositionStore>(tracker: Arc<Tracker>, store: S, interv
                 _ = tokio::time::sleep(interval) => false,
                 _ = stop.changed() => true,
             };
-        let (pos, version) = tracker.position();
+        let (pos, version, below) = tracker.to_save();
         if version != saved {
             if let Some(p) = pos {
                 match store.persist(&tracker.source, p).await {
-                    Ok(()) => saved = version,
+                    Ok(()) => {
+                        saved = version;
+                        tracker.saved(below);
+                    }
                     Err(e) => tracing::error!(source = %tracker.source, "cannot save checkpoint: {e:#}; will retry"),
                 }
             }
@@ -225,6 +297,45 @@ mod tests {
         drop(a2);
         assert_eq!(t.position().0, Some(json!(3)));
         assert_eq!(t.watermark(), 4);
+    }
+
+    #[test]
+    fn a_ticket_dropped_while_panicking_never_completes_its_event() {
+        let t = Tracker::new("s", 1, None);
+        let first = t.ticket(1, Some(json!(1)));
+        let other_holder = first.clone();
+        let second = t.ticket(2, Some(json!(2)));
+        let worker = std::thread::spawn(move || {
+            let _mine = first;
+            panic!("plugin worker bug");
+        });
+        assert!(worker.join().is_err());
+        drop(other_holder); // the sink that had the other clone finishes normally
+        drop(second);
+        assert_eq!(t.watermark(), 1, "event 1 is held: the watermark never passes it");
+        assert_eq!(t.position().0, None);
+        assert_eq!(t.completed(), 1, "event 2 completed, event 1 did not");
+        let third = t.ticket(3, Some(json!(3)));
+        third.clone().hold();
+        drop(third);
+        assert_eq!(t.watermark(), 1);
+    }
+
+    #[tokio::test]
+    async fn saved_below_moves_only_after_the_position_is_written() {
+        let dir = std::env::temp_dir().join(format!("oplet-ckpt-saved-{}", std::process::id()));
+        let store = CheckpointStore::new(&dir).unwrap();
+        let t = Tracker::new("s", 1, None);
+        drop(t.ticket(1, Some(json!(1))));
+        assert_eq!((t.watermark(), t.saved_below()), (2, 1), "done, not yet saved");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        run_saver(t.clone(), store, Duration::from_millis(1), stop_rx).await;
+        assert_eq!(t.saved_below(), 2);
+        let socket = Tracker::unreplayable("socket");
+        drop(socket.ticket(1, None));
+        assert_eq!(socket.saved_below(), 2, "client events are never replayed");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

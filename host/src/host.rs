@@ -6,6 +6,7 @@
 use crate::checkpoint::{run_saver, CheckpointStore, Tracker};
 use crate::config::{Config, SourceConfig};
 use crate::deadletter::DeadLetters;
+use crate::health::Health;
 use crate::effect::{audit::AuditHandle, postgres::PostgresHandle, redis::RedisHandle, Effects, Executors};
 use crate::source::mongo::MongoContext;
 use crate::source::socket::SocketServer;
@@ -43,8 +44,9 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     }
     let cache = config.plugins.cache.then(|| config.state_dir.join("cache"));
     let runtime = Arc::new(Runtime::new(cache)?);
-    let dead = Arc::new(DeadLetters::open(&config.state_dir.join("dead-letters.jsonl"))?);
-    let audit = AuditHandle::start(&config.audit_path(), config.audit.batch_max, config.audit.batch_ms, config.delivery.queue, dead.clone())?;
+    let health = Health::new();
+    let dead = Arc::new(DeadLetters::open_with_health(&config.state_dir.join("dead-letters.jsonl"), health.clone())?);
+    let audit = AuditHandle::start(&config.audit_path(), config.audit.batch_max, config.audit.batch_ms, config.delivery.queue, health.clone())?;
     let cache = config.redis.as_ref().map(|c| RedisHandle::start(c, dead.clone())).transpose()?;
     let rows = config.postgres.as_ref().map(|c| PostgresHandle::start(c, dead.clone())).transpose()?;
 
@@ -58,9 +60,9 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let socket = match &config.socket {
         Some(sc) => {
             // Client events are not replayable: the position is only a count.
-            let tracker = Tracker::new(&sc.name, 1, None);
+            let tracker = Tracker::unreplayable(&sc.name);
             let sctx = SourceContext { tracker, resume: None, tx: tx.clone(), shutdown: shutdown_rx.clone() };
-            Some(SocketServer::start(sc, sctx).await?)
+            Some(SocketServer::start(sc, sctx, dead.clone()).await?)
         }
         None => None,
     };
@@ -122,6 +124,8 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         }
     };
     tracing::info!("shutting down ({outcome:?}): draining events in flight");
+    // Work held on a full disk is no longer retried: its events stay unsaved.
+    health.stop();
     let _ = shutdown_tx.send(true);
     while let Some(r) = sources.join_next().await {
         if let Ok((name, Err(e))) = r {

@@ -4,12 +4,14 @@
 //! Modules follow the path an event takes: `source` → `router` → `runtime` →
 //! `effect` → `checkpoint`. `config` and `manifest` describe the host and plugins.
 
+pub mod append;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod effect;
 pub mod envelope;
+pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod router;

@@ -210,7 +210,7 @@ impl Worker {
                         attempt += 1;
                         continue;
                     }
-                    self.ctx.dead.record(&name, &env.event, &err.to_string());
+                    self.ctx.dead.record_held(&name, &env.event, &err.to_string(), &env.ticket);
                     if self.ctx.delivery.on_plugin_error == OnPluginError::Halt {
                         tracing::error!(plugin = %name, seq = env.event.seq, "on_plugin_error = \"halt\": stopping without checkpointing past this event");
                         // The event must never count as done: leak its ticket.

@@ -1,41 +1,125 @@
 //! What the sink executors share: a bounded queue drained in batches by one
-//! thread, and the retry schedule of a failing sink.
+//! thread (allocated as it fills, never up front), and the retry schedule of a
+//! failing sink.
 //!
 //! Worker threads push items with `BatchQueue::send` (it blocks while the queue is
 //! full: backpressure up to the sources). The executor thread takes up to
 //! `batch_max` items, waiting at most `batch_ms` after the first for more, and
 //! applies them; `close` lets it drain what is queued and waits for it to stop.
 
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A bounded queue that allocates as it fills (`sync_channel(cap)` allocates
+/// all `cap` slots up front: `queue = 2e7` would hold 1 GB while idle).
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Signalled when an item arrives or the queue closes.
+    filled: Condvar,
+    /// Signalled when room frees up or the receiver goes away.
+    drained: Condvar,
+    capacity: usize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// No more sends: the receiver drains what is left, then sees the end.
+    closed: bool,
+    /// The receiver is gone: sends give their item back.
+    gone: bool,
+}
+
+/// The receiving half, owned by the executor thread.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock().expect("queue lock");
+        st.gone = true;
+        drop(st);
+        self.shared.drained.notify_all();
+    }
+}
+
+impl<T> Receiver<T> {
+    /// The next item, waiting until `deadline` (forever with `None`). `Err(true)`
+    /// when the queue is closed and empty, `Err(false)` on timeout.
+    fn recv(&self, deadline: Option<Instant>) -> Result<T, bool> {
+        let mut st = self.shared.state.lock().expect("queue lock");
+        loop {
+            if let Some(item) = st.items.pop_front() {
+                drop(st);
+                self.shared.drained.notify_one();
+                return Ok(item);
+            }
+            if st.closed {
+                return Err(true);
+            }
+            st = match deadline {
+                None => self.shared.filled.wait(st).expect("queue lock"),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(false);
+                    }
+                    self.shared.filled.wait_timeout(st, left).expect("queue lock").0
+                }
+            };
+        }
+    }
+}
+
+fn queue<T>(capacity: usize) -> (Arc<Shared<T>>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { items: VecDeque::new(), closed: false, gone: false }),
+        filled: Condvar::new(),
+        drained: Condvar::new(),
+        capacity: capacity.max(1),
+    });
+    (shared.clone(), Receiver { shared })
+}
+
+impl<T> Shared<T> {
+    fn send(&self, item: T) -> Result<(), T> {
+        let mut st = self.state.lock().expect("queue lock");
+        loop {
+            if st.closed || st.gone {
+                return Err(item);
+            }
+            if st.items.len() < self.capacity {
+                st.items.push_back(item);
+                drop(st);
+                self.filled.notify_one();
+                return Ok(());
+            }
+            st = self.drained.wait(st).expect("queue lock");
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("queue lock").closed = true;
+        self.filled.notify_all();
+        self.drained.notify_all();
+    }
+}
 
 /// Takes the next batch: blocks for the first item, then gathers more until
 /// `max` items or until `window` has passed since the first. `None` once the
 /// queue is closed and empty.
 pub fn next_batch<T>(rx: &Receiver<T>, max: usize, window: Duration) -> Option<Vec<T>> {
-    let first = rx.recv().ok()?;
+    let first = rx.recv(None).ok()?;
     let mut batch = Vec::with_capacity(max.clamp(1, 4096));
     batch.push(first);
     let deadline = Instant::now() + window;
     while batch.len() < max {
-        // What is already queued goes in without waiting.
-        match rx.try_recv() {
-            Ok(item) => {
-                batch.push(item);
-                continue;
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {}
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
+        // What is already queued goes in without waiting (a past deadline).
+        match rx.recv(Some(deadline)) {
             Ok(item) => batch.push(item),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(_) => break,
         }
     }
     Some(batch)
@@ -43,32 +127,28 @@ pub fn next_batch<T>(rx: &Receiver<T>, max: usize, window: Duration) -> Option<V
 
 /// The sending half of an executor's queue and its thread.
 pub struct BatchQueue<T> {
-    tx: Mutex<Option<SyncSender<T>>>,
+    queue: Arc<Shared<T>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<T: Send + 'static> BatchQueue<T> {
     /// Starts thread `name` running `run` on the receiving half of a queue of
-    /// `capacity` items.
+    /// at most `capacity` items (allocated as they arrive).
     pub fn start(name: &str, capacity: usize, run: impl FnOnce(Receiver<T>) + Send + 'static) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(capacity.max(1));
+        let (queue, rx) = self::queue(capacity);
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || run(rx))?;
-        Ok(BatchQueue { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(BatchQueue { queue, thread: Mutex::new(Some(thread)) })
     }
 
     /// Queues `item`, blocking while the queue is full. Gives the item back if
     /// the executor has stopped.
     pub fn send(&self, item: T) -> Result<(), T> {
-        let tx = self.tx.lock().expect("queue sender lock").clone();
-        match tx {
-            Some(tx) => tx.send(item).map_err(|e| e.0),
-            None => Err(item),
-        }
+        self.queue.send(item)
     }
 
     /// Closes the queue and waits until the thread has applied what was queued.
     pub async fn close(&self) {
-        self.tx.lock().expect("queue sender lock").take();
+        self.queue.close();
         let thread = self.thread.lock().expect("queue thread lock").take();
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -106,25 +186,41 @@ mod tests {
 
     #[test]
     fn a_batch_takes_what_is_queued_up_to_the_maximum() {
-        let (tx, rx) = sync_channel(16);
+        let (tx, rx) = queue(16);
         for i in 0..5 {
             tx.send(i).unwrap();
         }
         assert_eq!(next_batch(&rx, 3, Duration::from_secs(10)), Some(vec![0, 1, 2]));
         assert_eq!(next_batch(&rx, 3, Duration::ZERO), Some(vec![3, 4]));
-        drop(tx);
+        tx.close();
         assert_eq!(next_batch(&rx, 3, Duration::ZERO), None);
+        assert_eq!(tx.send(9), Err(9), "a closed queue gives the item back");
     }
 
     #[test]
     fn a_batch_waits_at_most_the_window_for_more() {
-        let (tx, rx) = sync_channel(16);
+        let (tx, rx) = queue(16);
         tx.send(1).unwrap();
         let started = Instant::now();
         assert_eq!(next_batch(&rx, 100, Duration::from_millis(30)), Some(vec![1]));
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(30) && waited < Duration::from_secs(2), "{waited:?}");
-        drop(tx);
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+    }
+
+    #[test]
+    fn a_huge_bound_allocates_nothing_up_front_and_still_blocks_when_full() {
+        let (tx, rx) = queue::<u64>(20_000_000);
+        assert_eq!(tx.state.lock().unwrap().items.capacity(), 0, "no slot is allocated before an item arrives");
+        let (small, small_rx) = queue(2);
+        small.send(1).unwrap();
+        small.send(2).unwrap();
+        let sender = std::thread::spawn(move || small.send(3));
+        // The third send waits for room; a batch of two makes it.
+        assert_eq!(next_batch(&small_rx, 2, Duration::ZERO), Some(vec![1, 2]));
+        assert_eq!(sender.join().unwrap(), Ok(()));
+        assert_eq!(next_batch(&small_rx, 2, Duration::ZERO), Some(vec![3]));
+        drop(rx);
+        assert_eq!(tx.send(1), Err(1), "a receiver that is gone gives the item back");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use oplet_sdk::Event;
 use serde::Deserialize;
-use std::sync::mpsc::Receiver;
+use super::batch::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,13 +107,13 @@ struct Item {
     plugin: String,
     event: Arc<Event>,
     keys: Vec<String>,
-    /// Held, never read: dropping it once the reply is in marks the event done.
+    /// Dropping it once the reply is in (or the dead letter written) marks the
+    /// event done; held when neither happened.
     _ticket: Ticket,
 }
 
 pub struct RedisHandle {
     queue: BatchQueue<Item>,
-    dead: Arc<DeadLetters>,
 }
 
 impl RedisHandle {
@@ -124,7 +124,7 @@ impl RedisHandle {
             .map_err(|e| anyhow::anyhow!("[redis] url {:?} is invalid: {e}", cfg.url))?;
         let sink = Sink { cfg: cfg.clone(), client, conn: None, dead: dead.clone() };
         let queue = BatchQueue::start("oplet-redis", cfg.queue, move |rx| sink.run(rx))?;
-        Ok(RedisHandle { queue, dead })
+        Ok(RedisHandle { queue })
     }
 
     /// Queues a delete of `keys` (already capability-checked); blocks while the
@@ -135,8 +135,9 @@ impl RedisHandle {
         }
         let item = Item { plugin: plugin.to_string(), event: event.clone(), keys, _ticket: ticket };
         if let Err(item) = self.queue.send(item) {
-            tracing::error!(plugin, seq = event.seq, "Redis executor has stopped; cache delete dead-lettered");
-            self.dead.record(&stage(&item.plugin), &item.event, "Redis executor has stopped");
+            // Only at shutdown: the event stays unsaved and is replayed on the next start.
+            tracing::error!(plugin, seq = event.seq, "Redis executor has stopped; cache delete not applied: the event is held (not checkpointed)");
+            item._ticket.hold();
         }
     }
 
@@ -222,7 +223,7 @@ impl Sink {
                     Outcome::Done => {} // dropping the item releases its ticket
                     Outcome::Refused(e) => {
                         tracing::error!(plugin = %item.plugin, seq = item.event.seq, "Redis refused a cache delete: {e}; dead-lettered");
-                        self.dead.record(&stage(&item.plugin), &item.event, &format!("Redis refused {:?}: {e}", item.keys));
+                        self.dead.record_held(&stage(&item.plugin), &item.event, &format!("Redis refused {:?}: {e}", item.keys), &item._ticket);
                     }
                     Outcome::Retry(e) => {
                         last_error = e;
@@ -327,7 +328,7 @@ impl Sink {
     fn give_up(&self, items: Vec<Item>, error: &str) {
         tracing::error!("{error}; dead-lettering {} cache delete(s)", items.len());
         for item in items {
-            self.dead.record(&stage(&item.plugin), &item.event, &format!("cache delete of {:?}: {error}", item.keys));
+            self.dead.record_held(&stage(&item.plugin), &item.event, &format!("cache delete of {:?}: {error}", item.keys), &item._ticket);
         }
     }
 }

@@ -110,7 +110,8 @@ pub async fn run(cfg: JsonlSourceConfig, ctx: SourceContext, dead: Arc<DeadLette
                         payload: Value::String(trimmed.to_string()),
                     }),
                 };
-                dead.record(&format!("source:{}", cfg.name), &placeholder, &format!("{where_}: {e}"));
+                let stage = format!("source:{}", cfg.name);
+                dead.record_held_async(stage, Arc::new(placeholder), format!("{where_}: {e}"), ticket).await;
             }
         }
     }

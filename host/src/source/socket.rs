@@ -4,15 +4,17 @@
 //! are put in their own room, and nothing a client sends can change its rooms.
 //! Each client event becomes an `Event` with a ticket, in the client's order; a
 //! flooding client only fills its own small queue. Plugin workers call `emit`;
-//! one emitter task sends to the room, or holds/drops per `offline`, and releases
-//! the ticket only then. Held emits still pending at shutdown keep their tickets,
-//! so the checkpoint stays before them and a restart replays them.
+//! one emitter task sends to the room, or holds per `offline`, and releases the
+//! ticket only then. An emit it cannot deliver (offline with `offline = "drop"`,
+//! held past `hold_ms` or `hold_max`, a failed send) is dead-lettered with the
+//! cause before its ticket goes. Held emits still pending at shutdown keep their
+//! tickets, so the checkpoint stays before them and a restart replays them.
 
 pub mod auth;
 mod holds;
 
 use crate::checkpoint::{Ticket, Tracker};
-use crate::deadletter::now_ms;
+use crate::deadletter::{now_ms, DeadLetters};
 use crate::envelope::Envelope;
 use anyhow::Context;
 use auth::Authenticator;
@@ -123,7 +125,7 @@ fn bump(c: &AtomicU64) -> u64 {
 /// One emit on its way to a room; the ticket is released when this is dropped.
 struct EmitJob {
     plugin: String,
-    cause: String,
+    cause: Arc<Event>,
     room: String,
     name: String,
     payload: Value,
@@ -166,7 +168,8 @@ pub struct SocketServer {
 
 impl SocketServer {
     /// Binds and serves. Client events go to `ctx.tx` with tickets from `ctx.tracker`.
-    pub async fn start(cfg: &SocketConfig, ctx: super::SourceContext) -> anyhow::Result<Arc<SocketServer>> {
+    /// Emits that cannot be delivered go to `dead` with their cause.
+    pub async fn start(cfg: &SocketConfig, ctx: super::SourceContext, dead: Arc<DeadLetters>) -> anyhow::Result<Arc<SocketServer>> {
         let auth = Authenticator::new(cfg.secret.as_deref(), &cfg.tokens);
         if !auth.is_configured() {
             anyhow::bail!(
@@ -245,6 +248,7 @@ impl SocketServer {
             hold_max: cfg.hold_max,
             holds: Holds::new(cfg.hold_max),
             stats: stats.clone(),
+            dead,
         };
         let emitter = tokio::spawn(emitter.run(cmd_rx));
         tracing::info!(
@@ -280,7 +284,7 @@ impl SocketServer {
             EmitTarget::Client(uuid) => client_room(uuid),
             EmitTarget::Room(name) => named_room(name),
         };
-        let job = EmitJob { plugin: plugin.to_string(), cause: cause.id.clone(), room, name: event, payload, _ticket: ticket };
+        let job = EmitJob { plugin: plugin.to_string(), cause: cause.clone(), room, name: event, payload, _ticket: ticket };
         let sent = match tokio::runtime::Handle::try_current() {
             // Plugin workers are plain threads: block here for backpressure.
             Err(_) => self.cmds.blocking_send(Cmd::Emit(job)).map_err(|e| e.0),
@@ -341,12 +345,15 @@ impl SocketServer {
     }
 }
 
+/// An emit that reached a stopped server: its event is held (not checkpointed)
+/// and replayed on the next start.
 fn lost(cmd: Cmd) {
     if let Cmd::Emit(job) = cmd {
         tracing::error!(
-            plugin = %job.plugin, event_id = %job.cause,
-            "socket: emit {:?} to {} dropped: the socket server has stopped", job.name, job.room
+            plugin = %job.plugin, event_id = %job.cause.id,
+            "socket: emit {:?} to {} not sent: the socket server has stopped; the event is held (replayed on the next start)", job.name, job.room
         );
+        job._ticket.hold();
     }
 }
 
@@ -486,6 +493,7 @@ struct Emitter {
     hold_max: usize,
     holds: Holds<EmitJob>,
     stats: Arc<SocketStats>,
+    dead: Arc<DeadLetters>,
 }
 
 impl Emitter {
@@ -523,7 +531,8 @@ impl Emitter {
                 },
                 _ = tick.tick(), if !self.holds.is_empty() => {
                     for (room, job) in self.holds.expire(Instant::now()) {
-                        self.drop_job(&job, &format!("{room} stayed offline for hold_ms = {}", self.hold_for.as_millis()));
+                        let why = format!("{room} stayed offline for hold_ms = {}", self.hold_for.as_millis());
+                        self.drop_job(job, &why).await;
                     }
                 }
             }
@@ -543,7 +552,10 @@ impl Emitter {
             return;
         }
         match self.offline {
-            Offline::Drop => self.drop_job(&job, &format!("{} is offline (offline = \"drop\")", job.room)),
+            Offline::Drop => {
+                let why = format!("{} is offline (offline = \"drop\")", job.room);
+                self.drop_job(job, &why).await
+            }
             Offline::Hold => {
                 let until = Instant::now() + self.hold_for;
                 let room = job.room.clone();
@@ -554,7 +566,7 @@ impl Emitter {
                     }
                     Err(job) => {
                         let why = format!("{room} is offline and {} emits are already held (hold_max)", self.hold_max);
-                        self.drop_job(&job, &why);
+                        self.drop_job(job, &why).await;
                     }
                 }
             }
@@ -566,13 +578,21 @@ impl Emitter {
             Ok(()) => {
                 bump(&self.stats.emitted);
             }
-            Err(e) => self.drop_job(&job, &format!("sending to {} failed: {e}", job.room)),
+            Err(e) => {
+                let why = format!("sending to {} failed: {e}", job.room);
+                self.drop_job(job, &why).await
+            }
         }
     }
 
-    fn drop_job(&self, job: &EmitJob, why: &str) {
+    /// Dead-letters an emit that will not be delivered, with the cause; its
+    /// ticket goes only once that record is durable (held if it never is).
+    async fn drop_job(&self, job: EmitJob, why: &str) {
         let n = bump(&self.stats.dropped);
-        tracing::warn!(plugin = %job.plugin, event_id = %job.cause, dropped_total = n, "socket: emit {:?} dropped: {why}", job.name);
+        tracing::warn!(plugin = %job.plugin, seq = job.cause.seq, event_id = %job.cause.id, dropped_total = n, "socket: emit {:?} dropped: {why}; dead-lettered", job.name);
+        let stage = format!("sink:emit ({})", job.plugin);
+        let error = format!("emit {:?} to {} not delivered: {why}", job.name, job.room);
+        self.dead.record_held_async(stage, job.cause, error, job._ticket).await;
     }
 
     /// At shutdown: held emits keep their tickets (never released), so the
@@ -584,9 +604,8 @@ impl Emitter {
                 self.holds.len()
             );
         }
-        let held = self.holds.drain();
-        for (_, job) in held {
-            std::mem::forget(job);
+        for (_, job) in self.holds.drain() {
+            job._ticket.hold();
         }
     }
 }

@@ -20,7 +20,7 @@ use oplet_sdk::{Event, Map, Value};
 use plan::{quote_table, Column, Op, OpKind, Refusal, Statement, TableInfo};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::Receiver;
+use super::batch::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -134,7 +134,6 @@ struct Item {
 
 pub struct PostgresHandle {
     queue: BatchQueue<Item>,
-    dead: Arc<DeadLetters>,
     audit_table: Option<String>,
 }
 
@@ -163,7 +162,7 @@ impl PostgresHandle {
             dead: dead.clone(),
         };
         let queue = BatchQueue::start("oplet-postgres", cfg.queue, move |rx| sink.run(rx))?;
-        Ok(PostgresHandle { queue, dead, audit_table: cfg.audit_table.clone() })
+        Ok(PostgresHandle { queue, audit_table: cfg.audit_table.clone() })
     }
 
     /// Queues one row operation; blocks while the executor is behind. The ticket
@@ -200,8 +199,9 @@ impl PostgresHandle {
     fn send(&self, plugin: &str, event: &Arc<Event>, op: Op, ticket: Ticket) {
         let item = Item { plugin: plugin.to_string(), event: event.clone(), op, _ticket: ticket };
         if let Err(item) = self.queue.send(item) {
-            tracing::error!(plugin, seq = event.seq, "PostgreSQL executor has stopped; row operation dead-lettered");
-            self.dead.record(&stage(&item.plugin), &item.event, "PostgreSQL executor has stopped");
+            // Only at shutdown: the event stays unsaved and is replayed on the next start.
+            tracing::error!(plugin, seq = event.seq, "PostgreSQL executor has stopped; row operation not applied: the event is held (not checkpointed)");
+            item._ticket.hold();
         }
     }
 
@@ -322,7 +322,7 @@ impl Sink {
                     for r in refused {
                         let item = &batch[r.op];
                         tracing::error!(plugin = %item.plugin, seq = item.event.seq, table = %item.op.table, "PostgreSQL refused a row operation: {}; dead-lettered", r.error);
-                        self.dead.record(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {}", item.op.kind, item.op.table, r.error));
+                        self.dead.record_held(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {}", item.op.kind, item.op.table, r.error), &item._ticket);
                     }
                     return; // dropping the batch releases the tickets: committed
                 }
@@ -559,7 +559,7 @@ impl Sink {
     fn give_up(&self, items: Vec<Item>, error: &str) {
         tracing::error!("{error}; dead-lettering {} row operation(s)", items.len());
         for item in items {
-            self.dead.record(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {error}", item.op.kind, item.op.table));
+            self.dead.record_held(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {error}", item.op.kind, item.op.table), &item._ticket);
         }
     }
 }

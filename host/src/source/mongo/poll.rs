@@ -98,7 +98,26 @@ pub async fn run(
                 }
                 Ok(None) => feed.mark(position),
                 Err(e) => {
-                    tracing::error!(source = %feed.source(), stream = %feed.label(), "unreadable document: {e}; skipped");
+                    // Dead-lettered with the cause before it is passed; if the
+                    // record cannot be written the position stays before it.
+                    tracing::error!(source = %feed.source(), stream = %feed.label(), "unreadable document {}: {e}; dead-lettered and passed", id);
+                    let placeholder = Event {
+                        seq: feed.next_seq(),
+                        id: format!("poll:{db}.{coll}:{id}"),
+                        source: feed.source().to_string(),
+                        time_ms: crate::deadletter::now_ms(),
+                        body: EventBody::Change(Change {
+                            op: OperationType::Other("unreadable".into()),
+                            db: db.into(),
+                            coll: coll.into(),
+                            key: Value::Map(Map::from([("_id".into(), Value::String(id.to_string()))])),
+                            ..Default::default()
+                        }),
+                    };
+                    let stage = format!("source:{}", feed.source());
+                    if !shared.dead.record_retrying_async(stage, placeholder, format!("unreadable document: {e}")).await {
+                        return Ok(());
+                    }
                     feed.mark(position);
                 }
             }

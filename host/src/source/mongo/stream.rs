@@ -216,8 +216,10 @@ async fn deliver(shared: &Shared, feed: &mut Feed, conv: &mut Converter, raw: &R
                     ..Default::default()
                 }),
             };
-            let (dead, stage, error) = (shared.dead.clone(), format!("source:{}", feed.source()), bad.error);
-            let _ = tokio::task::spawn_blocking(move || dead.record(&stage, &placeholder, &error)).await;
+            let stage = format!("source:{}", feed.source());
+            if !shared.dead.record_retrying_async(stage, placeholder, bad.error).await {
+                return false; // the host is stopping: the event is not passed
+            }
             // Without a position (no readable token) there is nothing to pass it with;
             // the driver needs that token too, so a real server never sends one.
             if let Some(p) = bad.position {
