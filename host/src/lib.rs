@@ -10,6 +10,7 @@ pub mod config;
 pub mod deadletter;
 pub mod effect;
 pub mod envelope;
+pub mod exit;
 pub mod host;
 pub mod manifest;
 pub mod router;
