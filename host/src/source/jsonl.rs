@@ -87,8 +87,9 @@ impl Saved {
             return Ok(Saved { line: n, offset: None, seq: n, gen: 0, file: None });
         }
         serde_json::from_value(p.clone()).map_err(|e| {
-            anyhow::anyhow!(
-                "the checkpoint of source {source:?} is not a JSON-lines position ({e}): {p}; delete state_dir/checkpoints/{source}.json to read the file from its first line"
+            fatal(
+                Cause::Config,
+                format!("the checkpoint of source {source:?} is not a JSON-lines position ({e}): {p}; delete state_dir/checkpoints/{source}.json to read the file from its first line"),
             )
         })
     }

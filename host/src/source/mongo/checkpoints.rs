@@ -117,7 +117,7 @@ pub async fn load_with_retry(
                 }
                 return Ok(Some(position));
             }
-            Err(LoadError::Local(e)) => return Err(e),
+            Err(LoadError::Local(e)) => return Err(crate::exit::fatal(crate::exit::Cause::Config, format!("{e:#}"))),
             Err(LoadError::Mongo(e)) if retry::classify(&e) != Failure::Transient => {
                 let message = format!("cannot read checkpoint {key} from {}: {}", store.describe(), retry::describe(&e));
                 return Err(crate::exit::fatal(retry::fatal_cause(&e), message));
