@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 
 /// How `run` ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Outcome {
     /// Every source reached its end (a JSON-lines file without `follow`).
     SourcesDone,
@@ -31,6 +31,19 @@ pub enum Outcome {
     /// A source stopped on an error: the host stops too, rather than run on
     /// without it. `cause` decides the exit code.
     SourceFailed { source: String, cause: crate::exit::Cause, error: String },
+}
+
+/// Short, for "shutting down (...)": the error itself is logged once where it
+/// happens and once on the last line, not a third time here.
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::SourcesDone => f.write_str("SourcesDone"),
+            Outcome::Signal => f.write_str("Signal"),
+            Outcome::Halted => f.write_str("Halted"),
+            Outcome::SourceFailed { source, cause, .. } => write!(f, "source {source:?} failed: {cause}"),
+        }
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<Outcome> {

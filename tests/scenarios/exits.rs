@@ -73,7 +73,7 @@ fn a_json_lines_file_that_cannot_be_opened_exits_4() {
 fn a_failed_source_stops_the_host_even_with_a_socket_server_beside_it() {
     let port = free_port();
     let host = Host::new(&format!(
-        "[socket]\nlisten = \"127.0.0.1:{port}\"\nsecret = \"s\"\n[[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"gone.jsonl\"\n"
+        "[socket]\nlisten = \"127.0.0.1:{port}\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"gone.jsonl\"\n"
     ));
     let mut oplet = host.start();
     assert_ended(&mut oplet, 4, "events", "gone.jsonl");
@@ -98,7 +98,7 @@ fn a_clean_end_of_every_source_exits_0_and_so_does_sigterm() {
 fn a_socket_address_already_taken_exits_10() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let host = Host::new(&format!("[socket]\nname = \"clients\"\nlisten = \"{addr}\"\nsecret = \"s\"\n"));
+    let host = Host::new(&format!("[socket]\nname = \"clients\"\nlisten = \"{addr}\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n"));
     let mut oplet = host.start();
     let (code, last) = ended(&mut oplet);
     assert_eq!(code, 10, "{}", oplet.logs());
@@ -246,7 +246,7 @@ fn every_numeric_key_attacked_from_file_and_environment_is_one_line_naming_it_an
     let host = Host::new("");
     let base = std::fs::read_to_string(host.config()).unwrap();
     let source = "[[source]]\ntype = \"mongo\"\nname = \"m\"\nuri = \"mongodb://127.0.0.1:1\"\ncollections = [\"a.b\"]\n";
-    let sections = "[redis]\nurl = \"redis://127.0.0.1:1\"\n[postgres]\nurl = \"postgres://127.0.0.1:1/x\"\n[socket]\nlisten = \"127.0.0.1:0\"\nsecret = \"s\"\n";
+    let sections = "[redis]\nurl = \"redis://127.0.0.1:1\"\n[postgres]\nurl = \"postgres://127.0.0.1:1/x\"\n[socket]\nlisten = \"127.0.0.1:0\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
     let attacks = ["0", "-1", "9223372036854775807", "9223372036854775808", "18446744073709551616", "1e30", "abc"];
     let mut tried = 0;
     for &(pattern, min, max) in oplet::config::NUMERIC_KEYS {
