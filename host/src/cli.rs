@@ -66,8 +66,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            // A startup failure with a known cause (a Socket.IO address taken) keeps
+            // its code; everything else here is the config or the environment.
+            let cause = crate::exit::cause_of(&e).unwrap_or(crate::exit::Cause::Config);
+            eprintln!("error: {e:#} (exit code {}: {cause})", cause.code());
+            ExitCode::from(cause.code())
         }
     }
 }
@@ -97,9 +100,19 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = rt.block_on(crate::host::run(config))?;
+    use crate::host::Outcome;
+    use crate::exit::Cause;
+    // The last line says why the host stopped, for whoever reads only the tail.
     Ok(match outcome {
-        crate::host::Outcome::Halted => ExitCode::from(3),
-        _ => ExitCode::SUCCESS,
+        Outcome::Halted => {
+            tracing::error!("exit code {}: {}", Cause::Halted.code(), Cause::Halted);
+            ExitCode::from(Cause::Halted.code())
+        }
+        Outcome::SourceFailed { source, cause, error } => {
+            tracing::error!(source = %source, "exit code {}: source {source:?} failed: {cause}: {error}", cause.code());
+            ExitCode::from(cause.code())
+        }
+        Outcome::SourcesDone | Outcome::Signal => ExitCode::SUCCESS,
     })
 }
 

@@ -220,24 +220,31 @@ fn default_batch_ms() -> u64 {
 
 impl Config {
     /// Reads the file, applies `OPLET__...` environment overrides, resolves
-    /// relative paths against the file's folder, and validates.
+    /// relative paths against the file's folder, and validates. Environment
+    /// variables not named `OPLET__...` are never looked at, whatever their bytes.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("OPLET__")).collect();
+        let env = oplet_env(std::env::vars_os())?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, &env, base).with_context(|| format!("config file {}", path.display()))
     }
 
     pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> anyhow::Result<Config> {
-        let doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+        let doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
         let mut doc = toml::Value::Table(doc);
+        // Where each overridden key came from, so an error can name the variable.
+        let mut origin = BTreeMap::new();
         for (key, value) in env {
-            apply_env(&mut doc, key, value)?;
+            let path = apply_env(&mut doc, key, value)?;
+            origin.insert(path, key.clone());
         }
-        let mut cfg: Config = doc
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.to_string().trim()))?;
+        check_numbers(&doc, &origin)?;
+        let mut cfg: Config = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            let from = env_origin(&origin, &path);
+            anyhow::anyhow!("config key {path}{from}: {}", one_line(&e.inner().to_string()))
+        })?;
         cfg.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
@@ -269,8 +276,14 @@ impl Config {
                 bail!("two [[source]] entries are named {:?}; source names must be unique", s.name());
             }
         }
-        if self.delivery.queue == 0 {
-            bail!("[delivery] queue must be at least 1");
+        for (i, s) in self.sources.iter().enumerate() {
+            if let SourceConfig::Mongo(m) = s {
+                m.targets().with_context(|| format!("config key source[{i}] (source {:?})", m.name))?;
+                crate::source::mongo::check_uri(&m.uri).with_context(|| format!("config key source[{i}].uri"))?;
+                if let Some(uri) = &m.checkpoint.uri {
+                    crate::source::mongo::check_uri(uri).with_context(|| format!("config key source[{i}].checkpoint.uri"))?;
+                }
+            }
         }
         Ok(())
     }
@@ -298,9 +311,31 @@ impl Config {
     }
 }
 
+/// The `OPLET__...` variables of `vars`, in order. Others are skipped unread (a
+/// non-UTF-8 `LS_COLORS` is none of our business); an `OPLET__` one that is not
+/// UTF-8 is an error naming it, never a panic.
+pub fn oplet_env(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> anyhow::Result<Vec<(String, String)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for (key, value) in vars {
+        if !key.as_bytes().starts_with(b"OPLET__") {
+            continue;
+        }
+        let Some(name) = key.to_str() else {
+            bail!("environment variable {}: its name is not valid UTF-8; unset it", key.to_string_lossy());
+        };
+        let Some(value) = value.to_str() else {
+            bail!("environment variable {name}: its value is not valid UTF-8 ({:?}); set it to UTF-8 text or unset it", value.to_string_lossy());
+        };
+        out.push((name.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
 /// `OPLET__A__B=v` sets `a.b = v`; a numeric segment indexes an array of tables.
 /// The value is read as a TOML literal when it parses as one, else as a string.
-fn apply_env(doc: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<()> {
+/// Returns the key's path as errors name it (`source[0].uri`).
+fn apply_env(doc: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<String> {
     let path: Vec<String> = key["OPLET__".len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
     if path.iter().any(|p| p.is_empty()) {
         bail!("environment variable {key}: empty segment; use OPLET__SECTION__KEY");
@@ -309,35 +344,154 @@ fn apply_env(doc: &mut toml::Value, key: &str, raw: &str) -> anyhow::Result<()> 
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut shown = String::new();
     let mut cur: &mut toml::Value = doc;
     for (i, seg) in path.iter().enumerate() {
         let last = i + 1 == path.len();
         cur = match cur {
             toml::Value::Table(t) => {
+                if !shown.is_empty() {
+                    shown.push('.');
+                }
+                shown.push_str(seg);
                 if last {
                     t.insert(seg.clone(), value);
-                    return Ok(());
+                    return Ok(shown);
                 }
                 t.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
             }
             toml::Value::Array(a) => {
-                let idx: usize = seg.parse().with_context(|| {
-                    format!("environment variable {key}: {seg:?} must be an index into the array")
+                let idx: usize = seg.parse().map_err(|_| {
+                    anyhow::anyhow!("environment variable {key}: {seg:?} must be an index into the array {shown}")
                 })?;
+                shown.push_str(&format!("[{idx}]"));
                 let len = a.len();
                 let item = a.get_mut(idx).with_context(|| {
                     format!("environment variable {key}: index {idx} is past the {len} entries in the config file")
                 })?;
                 if last {
                     *item = value;
-                    return Ok(());
+                    return Ok(shown);
                 }
                 item
             }
-            _ => bail!("environment variable {key}: {seg:?} is not a table in the config"),
+            _ => bail!("environment variable {key}: {shown} is not a table in the config"),
         };
     }
+    Ok(shown)
+}
+
+/// ` (from OPLET__...)` when `path`, or a table above it, was set from the environment.
+fn env_origin(origin: &BTreeMap<String, String>, path: &str) -> String {
+    let mut p = path;
+    loop {
+        if let Some(var) = origin.get(p) {
+            return format!(" (from {var})");
+        }
+        match p.rfind(['.', '[']) {
+            Some(i) => p = &p[..i],
+            None => return String::new(),
+        }
+    }
+}
+
+/// Error text on one line: the operator reads one line per failure.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The range of every numeric key: checked on the raw document, before serde, so
+/// that `2^63`, `-1`, `1e30` or `"abc"` is one error naming the key, and a value that
+/// would size a queue or a buffer is bounded before anything allocates. `*` stands
+/// for any `[[source]]` index. The README's configuration reference lists the same.
+pub const NUMERIC_KEYS: &[(&str, i64, i64)] = &[
+    ("plugins.debounce_ms", 0, 60_000),
+    ("limits.time_ms", 1, 3_600_000),
+    ("limits.memory_mb", 1, 4_096),
+    ("limits.reply_kb", 1, 1_048_576),
+    ("delivery.queue", 1, 1_000_000),
+    ("delivery.plugin_retries", 0, 100),
+    ("delivery.checkpoint_interval_ms", 1, 60_000),
+    ("audit.batch_max", 1, 100_000),
+    ("audit.batch_ms", 0, 60_000),
+    ("redis.batch_max", 1, 100_000),
+    ("redis.batch_ms", 0, 60_000),
+    ("redis.queue", 1, 1_000_000),
+    ("redis.retries", 0, 1_000),
+    ("redis.backoff_ms", 1, 3_600_000),
+    ("redis.backoff_max_ms", 1, 86_400_000),
+    ("redis.timeout_ms", 1, 3_600_000),
+    ("postgres.batch_max", 1, 100_000),
+    ("postgres.batch_ms", 0, 60_000),
+    ("postgres.queue", 1, 1_000_000),
+    ("postgres.retries", 0, 1_000),
+    ("postgres.backoff_ms", 1, 3_600_000),
+    ("postgres.backoff_max_ms", 1, 86_400_000),
+    ("postgres.connect_timeout_ms", 1, 3_600_000),
+    ("postgres.timeout_ms", 1, 3_600_000),
+    ("socket.hold_ms", 0, 86_400_000),
+    ("socket.hold_max", 0, 1_000_000),
+    ("socket.max_payload_kb", 1, 1_048_576),
+    ("socket.client_queue", 1, 100_000),
+    ("source.*.batch_size", 1, 1_000_000),
+    ("source.*.max_await_ms", 1, 3_600_000),
+    ("source.*.idle_pause_min_ms", 0, 60_000),
+    ("source.*.idle_pause_max_ms", 0, 600_000),
+    ("source.*.server_selection_timeout_ms", 1, 3_600_000),
+    ("source.*.reconnect.initial_ms", 1, 3_600_000),
+    ("source.*.reconnect.max_ms", 1, 86_400_000),
+    ("source.*.fallback.interval_ms", 1, 86_400_000),
+    ("source.*.fallback.batch", 1, 100_000),
+];
+
+fn check_numbers(doc: &toml::Value, origin: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    for &(pattern, min, max) in NUMERIC_KEYS {
+        let segs: Vec<&str> = pattern.split('.').collect();
+        let mut found = Vec::new();
+        find_values(doc, &segs, String::new(), &mut found);
+        for (path, value) in found {
+            let ok = match value {
+                toml::Value::Integer(n) => (min..=max).contains(n),
+                _ => false,
+            };
+            if !ok {
+                let got = match value {
+                    toml::Value::String(s) => format!("{s:?}"),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(f) => format!("the fraction {f}"),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => format!("a {}", other.type_str()),
+                };
+                bail!(
+                    "config key {path}{}: must be a whole number from {min} to {max}, got {got}",
+                    env_origin(origin, &path)
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// The values at `segs` under `v` (`*`: every entry of an array), with their paths.
+fn find_values<'a>(v: &'a toml::Value, segs: &[&str], path: String, out: &mut Vec<(String, &'a toml::Value)>) {
+    let Some((first, rest)) = segs.split_first() else {
+        out.push((path, v));
+        return;
+    };
+    match (v, *first) {
+        (toml::Value::Array(items), "*") => {
+            for (i, item) in items.iter().enumerate() {
+                find_values(item, rest, format!("{path}[{i}]"), out);
+            }
+        }
+        (toml::Value::Table(t), key) => {
+            if let Some(next) = t.get(key) {
+                let path = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+                find_values(next, rest, path, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +516,73 @@ mod tests {
         let SourceConfig::Jsonl(j) = &cfg.sources[0] else { panic!("a jsonl source") };
         assert!(j.follow);
         assert_eq!(j.path, PathBuf::from("/etc/oplet/e.jsonl"));
+    }
+
+    #[test]
+    fn every_numeric_key_refuses_what_is_out_of_its_range_naming_the_key_and_variable() {
+        let source = "[[source]]\ntype = \"mongo\"\nname = \"m\"\nuri = \"mongodb://h\"\ncollections = [\"a.b\"]\n";
+        let bad = ["0", "-1", "9223372036854775807", "18446744073709551616", "1e30", "\"abc\"", "true"];
+        for &(pattern, min, max) in NUMERIC_KEYS {
+            let (section, key) = pattern.rsplit_once('.').unwrap();
+            let env_name = format!("OPLET__{}", pattern.replace(".*.", ".0.").replace('.', "__").to_uppercase());
+            for value in bad {
+                let parsed = value.parse::<i128>().ok();
+                if parsed.is_some_and(|n| n >= min as i128 && n <= max as i128) {
+                    continue; // 0 is in range for some keys
+                }
+                // From the file...
+                let text = match section.strip_prefix("source.*") {
+                    Some(rest) => format!("{source}{}{key} = {value}\n", if rest.is_empty() { String::new() } else { format!("[source{rest}]\n") }),
+                    None => format!("{source}[{section}]\n{key} = {value}\n"),
+                };
+                let shown = pattern.replace(".*", "[0]");
+                match Config::parse(&text, &[], Path::new(".")) {
+                    Ok(_) => panic!("{pattern} = {value} was accepted"),
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        assert!(msg.contains(&shown) || value == "18446744073709551616", "{pattern} = {value}: {msg}");
+                        assert!(!msg.contains('\n'), "one line: {msg}");
+                    }
+                }
+                // ...and from the environment, named by its variable.
+                let env = vec![(env_name.clone(), value.trim_matches('"').to_string())];
+                let msg = format!("{:#}", Config::parse(source, &env, Path::new(".")).unwrap_err());
+                assert!(msg.contains(&shown) && msg.contains(&env_name), "{env_name}={value}: {msg}");
+                assert!(msg.contains(&format!("from {min} to {max}")), "{env_name}={value}: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_inside_the_documented_ranges() {
+        Config::parse("[plugins]\n[limits]\n[delivery]\n[audit]\n", &[], Path::new(".")).unwrap();
+        let text = "[redis]\nurl = \"redis://h\"\n[postgres]\nurl = \"postgres://h\"\n[socket]\nlisten = \"127.0.0.1:0\"\n";
+        Config::parse(text, &[], Path::new(".")).unwrap();
+    }
+
+    #[test]
+    fn only_oplet_variables_are_read_and_a_non_utf8_one_is_an_error_naming_it() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let junk = OsString::from_vec(vec![0xff, 0xfe]);
+        let vars = vec![
+            (OsString::from("LS_COLORS"), junk.clone()),
+            (junk.clone(), OsString::from("x")),
+            (OsString::from("OPLET__DELIVERY__QUEUE"), OsString::from("8")),
+        ];
+        let env = oplet_env(vars.into_iter()).unwrap();
+        assert_eq!(env, vec![("OPLET__DELIVERY__QUEUE".to_string(), "8".to_string())]);
+        let err = oplet_env(vec![(OsString::from("OPLET__PLUGINS__DIR"), junk)].into_iter()).unwrap_err().to_string();
+        assert!(err.contains("OPLET__PLUGINS__DIR") && err.contains("not valid UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_from_the_environment_names_the_key_and_the_variable() {
+        let env = vec![("OPLET__PLUGINS__WATCH".to_string(), "maybe".to_string())];
+        let msg = format!("{:#}", Config::parse("", &env, Path::new(".")).unwrap_err());
+        assert!(msg.contains("plugins.watch") && msg.contains("OPLET__PLUGINS__WATCH"), "{msg}");
+        let msg = format!("{:#}", Config::parse("[[source]]\ntype = \"mongo\"\nname = \"m\"\nuri = \"http://h\"\ncollections = [\"a.b\"]\n", &[], Path::new(".")).unwrap_err());
+        assert!(msg.contains("source[0].uri") && msg.contains("not a MongoDB connection string"), "{msg}");
     }
 
     #[test]

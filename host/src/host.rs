@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 
 /// How `run` ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Outcome {
     /// Every source reached its end (a JSON-lines file without `follow`).
     SourcesDone,
@@ -29,6 +29,22 @@ pub enum Outcome {
     Signal,
     /// A plugin failed and `on_plugin_error = "halt"`.
     Halted,
+    /// A source stopped on an error: the host stops too, rather than run on
+    /// without it. `cause` decides the exit code.
+    SourceFailed { source: String, cause: crate::exit::Cause, error: String },
+}
+
+/// Short, for "shutting down (...)": the error itself is logged once where it
+/// happens and once on the last line, not a third time here.
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::SourcesDone => f.write_str("SourcesDone"),
+            Outcome::Signal => f.write_str("Signal"),
+            Outcome::Halted => f.write_str("Halted"),
+            Outcome::SourceFailed { source, cause, .. } => write!(f, "source {source:?} failed: {cause}"),
+        }
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<Outcome> {
@@ -85,8 +101,8 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         let name = sc.name().to_string();
         match sc.clone() {
             SourceConfig::Jsonl(c) => {
-                let first = resume.as_ref().and_then(|p| p.as_u64()).unwrap_or(0) + 1;
-                let tracker = Tracker::new(sc.name(), first, resume.clone());
+                // Tickets count from 1 each run; the position says where in the file.
+                let tracker = Tracker::new(sc.name(), 1, resume.clone());
                 savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), checkpoint_interval, saver_stop_rx.clone())));
                 let sctx = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
                 let d = dead.clone();
@@ -109,10 +125,19 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let outcome = loop {
         tokio::select! {
             done = sources.join_next(), if !sources.is_empty() => {
+                // A source that stops on an error stops the host: running on
+                // without it would look healthy while its changes pile up unseen.
                 match done {
                     Some(Ok((name, Ok(())))) => tracing::info!(source = %name, "source finished"),
-                    Some(Ok((name, Err(e)))) => tracing::error!(source = %name, "source stopped: {e:#}"),
-                    Some(Err(e)) => tracing::error!("source task failed: {e}"),
+                    Some(Ok((name, Err(e)))) => {
+                        let cause = crate::exit::cause_of(&e).unwrap_or(crate::exit::Cause::Internal);
+                        tracing::error!(source = %name, "source stopped: {e:#}");
+                        break Outcome::SourceFailed { source: name, cause, error: format!("{e:#}") };
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!("source task failed: {e}");
+                        break Outcome::SourceFailed { source: "?".into(), cause: crate::exit::Cause::Internal, error: e.to_string() };
+                    }
                     None => {}
                 }
                 if sources.is_empty() && socket.is_none() {

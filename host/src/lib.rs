@@ -11,6 +11,7 @@ pub mod config;
 pub mod deadletter;
 pub mod effect;
 pub mod envelope;
+pub mod exit;
 pub mod health;
 pub mod host;
 pub mod manifest;

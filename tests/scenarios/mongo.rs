@@ -375,7 +375,8 @@ async fn with_fallback_off_a_server_without_change_streams_stops_the_source_and_
     let mut oplet = tokio::task::block_in_place(|| Oplet::start(&config));
     let line = oplet.wait_for_log("source stopped", WAIT).await.unwrap();
     assert!(line.contains("40573") && line.contains("fallback.mode = \"off\": not polling"), "{line}");
-    let _ = oplet.wait_exit(Duration::from_secs(30));
+    let status = tokio::task::block_in_place(|| oplet.wait_exit(Duration::from_secs(30))).unwrap();
+    assert_eq!(status.code(), Some(8), "the README's exit code for no change streams with fallback off");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,10 +400,12 @@ async fn a_lost_history_fails_by_default_and_is_never_retried() {
     let line = oplet.wait_for_log("source stopped", WAIT).await.unwrap();
     assert!(line.contains("286") && line.contains("on_history_lost = \"fail\""), "{line}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let tries = oplet.logs().lines().filter(|l| l.contains("ChangeStreamHistoryLost")).count();
+    let status = tokio::task::block_in_place(|| oplet.wait_exit(Duration::from_secs(30))).unwrap();
+    assert_eq!(status.code(), Some(7), "the README's exit code for a lost history with fail");
+    // Once where it happened; the last line repeats it with the exit code.
+    let tries = oplet.logs().lines().filter(|l| l.contains("ChangeStreamHistoryLost") && !l.contains("exit code 7")).count();
     assert_eq!(tries, 1, "said once, never retried:\n{}", oplet.logs());
     assert!(!oplet.logs().contains("retrying in"), "no backoff loop on a lost history");
-    let _ = oplet.wait_exit(Duration::from_secs(30));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,7 +32,7 @@ pub struct Mongo {
 
 enum Kind {
     External { uri: String },
-    /// `flags`: the launcher's own options (`--no-change-streams`, `--lose-history`).
+    /// `flags`: the launcher's own options (`--no-change-streams`, `--lose-history`, `--refuse-auth`).
     Local { dir: TempDir, port: u16, child: Option<Child>, flags: &'static [&'static str] },
 }
 
@@ -58,6 +58,13 @@ impl Mongo {
     /// returned as it is (it cannot be made to lose history): check `is_external`.
     pub fn start_losing_history() -> Mongo {
         Mongo::start_with(&["--lose-history"])
+    }
+
+    /// Like [`Mongo::start`], but the local server refuses every login with error 18
+    /// AuthenticationFailed, as for a wrong password. An external server is returned
+    /// as it is: check `is_external` and give it a wrong password instead.
+    pub fn start_refusing_auth() -> Mongo {
+        Mongo::start_with(&["--refuse-auth"])
     }
 
     fn start_with(flags: &'static [&'static str]) -> Mongo {

@@ -16,6 +16,9 @@ the way a MongoDB deployment can, for the MongoDB source's tests:
   --lose-history       refuse every change stream that resumes from a token with
                        error 286 ChangeStreamHistoryLost, as a server whose oplog
                        no longer holds that token does; a stream without one works.
+  --refuse-auth        refuse every authentication (saslStart, authenticate) with
+                       error 18 AuthenticationFailed, as a server does for a wrong
+                       password.
 """
 
 import itertools
@@ -60,6 +63,20 @@ for _flag, _patch in (("--no-change-streams", _refuse_change_streams), ("--lose-
     if _flag in sys.argv:
         sys.argv.remove(_flag)
         NeoSQLiteHandler._handle_change_stream = _patch
+
+_handle_command = NeoSQLiteHandler.handle_command
+
+
+def _refuse_auth(self, msg):
+    body = next((doc for kind, doc in msg["sections"] if kind == "body"), None) or {}
+    if "saslStart" in body or "authenticate" in body:
+        return msg["request_id"], {"ok": 0, "errmsg": "Authentication failed.", "code": 18, "codeName": "AuthenticationFailed"}
+    return _handle_command(self, msg)
+
+
+if "--refuse-auth" in sys.argv:
+    sys.argv.remove("--refuse-auth")
+    NeoSQLiteHandler.handle_command = _refuse_auth
 
 _level = os.environ.get("OPLET_TEST_NX_LOG_LEVEL")
 if _level:

@@ -8,6 +8,7 @@
 //! polling where the server refuses change streams. See docs/mongo.md.
 
 mod checkpoints;
+mod connection;
 mod convert;
 mod feed;
 mod poll;
@@ -332,7 +333,7 @@ impl Target {
 }
 
 impl MongoSourceConfig {
-    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+    pub(crate) fn targets(&self) -> anyhow::Result<Vec<Target>> {
         let mut out = Vec::new();
         if self.deployment {
             out.push(Target::Deployment);
@@ -385,14 +386,20 @@ pub(crate) struct Shared {
 pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()> {
     let name = cfg.name.clone();
     let targets = cfg.targets().with_context(|| format!("source {name:?}"))?;
-    let client = connect(&cfg.uri, cfg.server_selection_timeout_ms).await.with_context(|| format!("source {name:?}"))?;
+    let (client, probe) =
+        connect(&name, "MongoDB", &cfg.uri, cfg.server_selection_timeout_ms).await.with_context(|| format!("source {name:?}"))?;
+    let mut probes = vec![probe.failed()];
     let store = match cfg.checkpoint.store {
         StoreKind::Local => Checkpoints::Local(ctx.store.clone()),
         StoreKind::Mongo => {
             let ckpt_client = match &cfg.checkpoint.uri {
-                Some(uri) => connect(uri, cfg.server_selection_timeout_ms)
-                    .await
-                    .with_context(|| format!("source {name:?}: checkpoint.uri"))?,
+                Some(uri) => {
+                    let (c, p) = connect(&name, "the checkpoint store (checkpoint.uri)", uri, cfg.server_selection_timeout_ms)
+                        .await
+                        .with_context(|| format!("source {name:?}: checkpoint.uri"))?;
+                    probes.push(p.failed());
+                    c
+                }
                 None => client.clone(),
             };
             let (db, coll) = split_namespace(&cfg.checkpoint.collection).map_err(anyhow::Error::msg)?;
@@ -421,8 +428,29 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
     let mut shutdown = ctx.base.shutdown;
     let mut stopping = false;
     let mut failure = None;
+    // A TLS or not-MongoDB failure before the server ever answered stops the
+    // source at once, without waiting out server selection.
+    let unusable = async move {
+        let waits = probes.into_iter().map(|mut rx| {
+            Box::pin(async move {
+                let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone().unwrap_or_default());
+                match reason {
+                    Ok(reason) => reason,
+                    Err(_) => std::future::pending().await,
+                }
+            })
+        });
+        futures_util::future::select_all(waits).await.0
+    };
+    tokio::pin!(unusable);
+    let mut probed = false;
     loop {
         tokio::select! {
+            reason = &mut unusable, if !probed => {
+                probed = true;
+                failure.get_or_insert(crate::exit::fatal(connection::CAUSE, reason));
+                let _ = stop_tx.send(true);
+            }
             done = tasks.join_next() => match done {
                 None => break,
                 Some(Ok(Ok(()))) => {}
@@ -449,17 +477,34 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
     }
 }
 
-async fn connect(uri: &str, selection_timeout_ms: u64) -> anyhow::Result<mongodb::Client> {
-    let mut options = mongodb::options::ClientOptions::parse(uri)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot use uri {}: {e}", redact(uri)))?;
+/// Checks a connection string when the config is read, so a wrong scheme or a
+/// malformed option is a config error (exit 2) rather than a source failure later.
+pub fn check_uri(uri: &str) -> anyhow::Result<()> {
+    mongodb::options::ConnectionString::parse(uri).map(|_| ()).map_err(|e| {
+        let why = match e.kind.as_ref() {
+            mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("{} is not a MongoDB connection string: {why}; write mongodb://HOST:PORT/... or mongodb+srv://HOST/...", redact(uri))
+    })
+}
+
+/// A client for `uri` whose server monitor reports to a `Probe` (`what` names the
+/// server in its log lines).
+async fn connect(source: &str, what: &'static str, uri: &str, selection_timeout_ms: u64) -> anyhow::Result<(mongodb::Client, Arc<connection::Probe>)> {
+    let mut options = mongodb::options::ClientOptions::parse(uri).await.map_err(|e| {
+        crate::exit::fatal(crate::exit::Cause::MongoConnection, format!("cannot use uri {}: {e}", redact(uri)))
+    })?;
     if options.server_selection_timeout.is_none() {
         options.server_selection_timeout = Some(Duration::from_millis(selection_timeout_ms));
     }
     if options.app_name.is_none() {
         options.app_name = Some("oplet".into());
     }
-    Ok(mongodb::Client::with_options(options)?)
+    let (probe, handler) = connection::Probe::new(source, what);
+    options.sdam_event_handler = Some(handler);
+    connection::spawn_hello_probes(&probe, source, what, &options);
+    Ok((mongodb::Client::with_options(options)?, probe))
 }
 
 /// The URI without its password, for messages.
@@ -496,7 +541,10 @@ async fn watch_target(
     let poll_target = |why: &str| -> anyhow::Result<(String, String)> {
         match &target {
             Target::Collection { db, coll } => Ok((db.clone(), coll.clone())),
-            _ => bail!("{why}, and polling needs a collection: list this database's collections in `collections` instead"),
+            _ => Err(crate::exit::fatal(
+                crate::exit::Cause::MongoNoChangeStreams,
+                format!("{why}, and polling needs a collection: list this database's collections in `collections` instead"),
+            )),
         }
     };
     match shared.cfg.fallback.mode {
@@ -509,7 +557,10 @@ async fn watch_target(
             stream::Ended::Unsupported(e) => {
                 let why = format!("the server refuses change streams ({})", retry::describe(&e));
                 if mode == FallbackMode::Off {
-                    bail!("{why}; fallback.mode = \"off\": not polling. Set fallback.mode = \"auto\" (and fallback.field) to poll instead, or use a replica set");
+                    return Err(crate::exit::fatal(
+                        crate::exit::Cause::MongoNoChangeStreams,
+                        format!("{why}; fallback.mode = \"off\": not polling. Set fallback.mode = \"auto\" (and fallback.field) to poll instead, or use a replica set"),
+                    ));
                 }
                 let (db, coll) = poll_target(&why)?;
                 poll::run(shared, &db, &coll, &mut feed, saved, &why, &mut stop).await
@@ -595,10 +646,13 @@ interval_ms = 2000
         assert!(err("on_history_lost = \"retry\"").contains("unknown variant"));
         assert!(err("[source.fallback]\nmode = \"sometimes\"").contains("unknown variant"));
         assert!(err("colections = [\"a.b\"]").contains("unknown field `colections`"));
-        let none = parse("").unwrap().targets().unwrap_err().to_string();
-        assert!(none.contains("nothing to watch"), "{none}");
-        let twice = parse("collections = [\"a.b\", \"a.b\"]").unwrap().targets().unwrap_err().to_string();
+        // Found when the config is read (exit 2), not when the source starts.
+        let none = err("");
+        assert!(none.contains("source[0]") && none.contains("nothing to watch"), "{none}");
+        let twice = err("collections = [\"a.b\", \"a.b\"]");
         assert!(twice.contains("a.b is listed twice"), "{twice}");
+        let bad_port = check_uri("mongodb://u:secret@h:notaport").unwrap_err().to_string();
+        assert!(bad_port.contains("not a MongoDB connection string") && !bad_port.contains("secret"), "{bad_port}");
     }
 
     #[test]

@@ -16,7 +16,6 @@ mod holds;
 use crate::checkpoint::{Ticket, Tracker};
 use crate::deadletter::{now_ms, DeadLetters};
 use crate::envelope::Envelope;
-use anyhow::Context;
 use auth::Authenticator;
 use holds::Holds;
 use oplet_sdk::{EmitTarget, Event, EventBody, SocketEvent, Value};
@@ -206,9 +205,12 @@ impl SocketServer {
         });
         register(&io, shared.clone());
 
-        let listener = tokio::net::TcpListener::bind(&cfg.listen)
-            .await
-            .with_context(|| format!("[socket] cannot listen on {}", cfg.listen))?;
+        let listener = tokio::net::TcpListener::bind(&cfg.listen).await.map_err(|e| {
+            crate::exit::fatal(
+                crate::exit::Cause::SocketStart,
+                format!("source {:?}: [socket] cannot listen on {}: {e}; free the address or change [socket] listen", cfg.name, cfg.listen),
+            )
+        })?;
         let addr = listener.local_addr()?;
         let stats_route = {
             let stats = stats.clone();

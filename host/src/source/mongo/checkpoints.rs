@@ -1,8 +1,9 @@
 //! Positions of a MongoDB watch target, and where they are kept.
 //!
-//! A position is JSON: `{"token": T}` for a change stream, where `T` is the resume
-//! token in canonical extended JSON (`{"_data": "8263..."}`), or `{"poll": {"value":
-//! V, "id": I}}` for the polling fallback (the last field value and `_id` seen).
+//! A position is JSON: `{"token": T, "seq": N}` for a change stream, where `T` is
+//! the resume token in canonical extended JSON (`{"_data": "8263..."}`), or
+//! `{"poll": {"value": V, "id": I}, "seq": N}` for the polling fallback (the last
+//! field value and `_id` seen); `seq` is the last event's (see `feed`).
 //! They are kept in the host's local checkpoint files, or in a MongoDB collection
 //! (`{_id: key, position, saved_at}`) so another host can take over from them.
 
@@ -116,9 +117,10 @@ pub async fn load_with_retry(
                 }
                 return Ok(Some(position));
             }
-            Err(LoadError::Local(e)) => return Err(e),
+            Err(LoadError::Local(e)) => return Err(crate::exit::fatal(crate::exit::Cause::Config, format!("{e:#}"))),
             Err(LoadError::Mongo(e)) if retry::classify(&e) != Failure::Transient => {
-                anyhow::bail!("cannot read checkpoint {key} from {}: {}", store.describe(), retry::describe(&e))
+                let message = format!("cannot read checkpoint {key} from {}: {}", store.describe(), retry::describe(&e));
+                return Err(crate::exit::fatal(retry::fatal_cause(&e), message));
             }
             Err(LoadError::Mongo(e)) => {
                 let delay = backoff.next_delay();

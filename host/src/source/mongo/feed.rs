@@ -1,11 +1,13 @@
 //! What one watch target hands the router: numbered events with tickets, and
 //! progress marks while it is idle.
 //!
-//! Events are numbered from 1 per target (`Event::seq`). Tickets are numbered
-//! separately, because a mark (the server's postBatchResumeToken on an empty batch,
-//! or a new stream's starting point) takes a ticket too: it is done at once, so the
-//! checkpoint reaches it as soon as every event before it is done, and a quiet
-//! collection's saved token keeps moving and never ages out of the oplog.
+//! Events are numbered per target (`Event::seq`): 1 for the first event the target
+//! ever delivered, and on from the saved checkpoint after a restart, because every
+//! position carries the seq of the last event at or before it (`"seq"` beside the
+//! token). Tickets are numbered separately, because a mark (the server's
+//! postBatchResumeToken on an empty batch, or a new stream's starting point) takes
+//! a ticket too: it is done at once, so the checkpoint reaches it as soon as every
+//! event before it is done, and a quiet collection's saved token keeps moving.
 
 use crate::checkpoint::{Position, Tracker};
 use crate::envelope::Envelope;
@@ -27,7 +29,8 @@ pub struct Feed {
 impl Feed {
     /// `saved`: the position the tracker starts from.
     pub fn new(source: &str, label: &str, tracker: Arc<Tracker>, tx: mpsc::Sender<Envelope>, saved: Option<Position>) -> Feed {
-        Feed { source: source.into(), label: label.into(), tracker, tx, next_ticket: 1, next_seq: 1, last: saved }
+        let next_seq = saved.as_ref().and_then(position_seq).unwrap_or(0) + 1;
+        Feed { source: source.into(), label: label.into(), tracker, tx, next_ticket: 1, next_seq, last: saved }
     }
 
     pub fn source(&self) -> &str {
@@ -52,8 +55,9 @@ impl Feed {
     /// Sends `event` (its `seq` is set here); once it and every earlier event are
     /// done, the checkpoint may move to `position`. Waits while the router is full.
     /// False when the router has stopped.
-    pub async fn send(&mut self, mut event: Event, position: Position) -> bool {
+    pub async fn send(&mut self, mut event: Event, mut position: Position) -> bool {
         event.seq = self.next_seq;
+        with_seq(&mut position, self.next_seq);
         self.next_seq += 1;
         let ticket = self.tracker.ticket(self.next_ticket, Some(position.clone()));
         self.next_ticket += 1;
@@ -71,7 +75,8 @@ impl Feed {
 
     /// Lets the checkpoint move to `position` once everything sent before is done
     /// (also for a change that is not sent, such as one filtered out here).
-    pub fn mark(&mut self, position: Position) {
+    pub fn mark(&mut self, mut position: Position) {
+        with_seq(&mut position, self.next_seq - 1);
         if self.last.as_ref() == Some(&position) {
             return;
         }
@@ -79,6 +84,24 @@ impl Feed {
         self.next_ticket += 1;
         self.last = Some(position);
     }
+}
+
+/// Records in `position` the seq of the last event at or before it.
+fn with_seq(position: &mut Position, seq: u64) {
+    if let Some(map) = position.as_object_mut() {
+        map.insert("seq".into(), seq.into());
+    }
+}
+
+/// The seq saved with a position: a plain number from a local checkpoint, or
+/// `{"$numberLong": "N"}` / `{"$numberInt": "N"}` as a checkpoint read back from
+/// a MongoDB collection comes (canonical extended JSON). None before seqs were saved.
+pub fn position_seq(position: &Position) -> Option<u64> {
+    let seq = position.get("seq")?;
+    seq.as_u64().or_else(|| {
+        let text = seq.get("$numberLong").or_else(|| seq.get("$numberInt"))?.as_str()?;
+        text.parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -97,29 +120,47 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let mut feed = Feed::new("m", "a.b", tracker.clone(), tx, None);
         feed.mark(json!({"token": "t0"}));
-        assert_eq!(tracker.position().0, Some(json!({"token": "t0"})), "a mark with nothing pending moves at once");
+        assert_eq!(tracker.position().0, Some(json!({"token": "t0", "seq": 0})), "a mark with nothing pending moves at once");
         assert!(feed.send(event(), json!({"token": "t1"})).await);
         feed.mark(json!({"token": "t2"}));
         assert!(feed.send(event(), json!({"token": "t3"})).await);
         let first = rx.recv().await.unwrap();
         let second = rx.recv().await.unwrap();
         assert_eq!((first.event.seq, second.event.seq), (1, 2));
-        assert_eq!(tracker.position().0, Some(json!({"token": "t0"})), "the mark waits for the event before it");
+        assert_eq!(tracker.position().0, Some(json!({"token": "t0", "seq": 0})), "the mark waits for the event before it");
         drop(first);
-        assert_eq!(tracker.position().0, Some(json!({"token": "t2"})));
+        assert_eq!(tracker.position().0, Some(json!({"token": "t2", "seq": 1})));
         drop(second);
-        assert_eq!(tracker.position().0, Some(json!({"token": "t3"})));
+        assert_eq!(tracker.position().0, Some(json!({"token": "t3", "seq": 2})));
     }
 
     #[tokio::test]
     async fn a_repeated_mark_is_skipped() {
-        let tracker = Tracker::new("m.a.b", 1, Some(json!("p")));
+        let saved = json!({"token": "p", "seq": 0});
+        let tracker = Tracker::new("m.a.b", 1, Some(saved.clone()));
         let (tx, _rx) = mpsc::channel(8);
-        let mut feed = Feed::new("m", "a.b", tracker.clone(), tx, Some(json!("p")));
-        feed.mark(json!("p"));
+        let mut feed = Feed::new("m", "a.b", tracker.clone(), tx, Some(saved));
+        feed.mark(json!({"token": "p"}));
         assert_eq!(tracker.position().1, 0, "the saved position is not a change");
-        feed.mark(json!("q"));
-        assert_eq!(tracker.position(), (Some(json!("q")), 1));
+        feed.mark(json!({"token": "q"}));
+        assert_eq!(tracker.position(), (Some(json!({"token": "q", "seq": 0})), 1));
+    }
+
+    #[tokio::test]
+    async fn seq_goes_on_from_the_saved_position() {
+        for saved in [json!({"token": "p", "seq": 41}), json!({"token": "p", "seq": {"$numberLong": "41"}}), json!({"token": "p", "seq": {"$numberInt": "41"}})] {
+            let tracker = Tracker::new("m.a.b", 1, Some(saved.clone()));
+            let (tx, mut rx) = mpsc::channel(8);
+            let mut feed = Feed::new("m", "a.b", tracker.clone(), tx, Some(saved));
+            assert!(feed.send(event(), json!({"token": "t"})).await);
+            let sent = rx.recv().await.unwrap();
+            assert_eq!(sent.event.seq, 42);
+            drop(sent);
+            assert_eq!(tracker.position().0, Some(json!({"token": "t", "seq": 42})));
+        }
+        let old = json!({"token": "p"});
+        let feed = Feed::new("m", "a.b", Tracker::new("m.a.b", 1, None), mpsc::channel(1).0, Some(old));
+        assert_eq!(feed.next_seq(), 1, "a checkpoint saved before seqs were kept starts at 1");
     }
 
     #[tokio::test]

@@ -71,7 +71,7 @@ pub async fn run(
                 }
                 continue;
             }
-            Err(e) => anyhow::bail!("polling failed: {}", retry::describe(&e)),
+            Err(e) => return Err(crate::exit::fatal(retry::fatal_cause(&e), format!("polling failed: {}", retry::describe(&e)))),
         };
         if let Some(since) = down_since.take() {
             tracing::info!(source = %feed.source(), stream = %feed.label(), "polling again after {:.1?}", since.elapsed());

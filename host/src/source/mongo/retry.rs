@@ -56,12 +56,25 @@ pub fn classify(e: &Error) -> Failure {
     }
 }
 
+/// The exit cause of an error `classify` calls fatal: refused credentials or a
+/// missing privilege (18 AuthenticationFailed, 13 Unauthorized, 8000 an Atlas
+/// authentication error), or any other refusal.
+pub fn fatal_cause(e: &Error) -> crate::exit::Cause {
+    use crate::exit::Cause;
+    match e.kind.as_ref() {
+        ErrorKind::Authentication { .. } => Cause::MongoAuth,
+        ErrorKind::Command(c) if [18, 13, 8000].contains(&c.code) => Cause::MongoAuth,
+        _ => Cause::MongoRefused,
+    }
+}
+
 /// A short description that names the server's code when there is one.
 pub fn describe(e: &Error) -> String {
     match e.kind.as_ref() {
         ErrorKind::Command(c) if c.code_name.is_empty() => format!("error {}: {}", c.code, c.message),
         ErrorKind::Command(c) => format!("error {} {}: {}", c.code, c.code_name, c.message),
-        _ => e.to_string(),
+        // The kind alone: the labels and "source: None" help no one reading a log.
+        _ => e.kind.to_string(),
     }
 }
 
@@ -144,6 +157,9 @@ mod tests {
         }
         assert_eq!(classify(&command_error(40323)), Failure::Fatal, "a bad pipeline stage");
         assert_eq!(classify(&command_error(13)), Failure::Fatal, "unauthorized");
+        assert_eq!(fatal_cause(&command_error(13)), crate::exit::Cause::MongoAuth);
+        assert_eq!(fatal_cause(&command_error(18)), crate::exit::Cause::MongoAuth);
+        assert_eq!(fatal_cause(&command_error(40323)), crate::exit::Cause::MongoRefused);
     }
 
     #[test]

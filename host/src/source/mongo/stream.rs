@@ -71,7 +71,9 @@ pub async fn run(
                     }
                     continue;
                 }
-                Failure::Fatal => anyhow::bail!("the server refuses the change stream: {}", retry::describe(&e)),
+                Failure::Fatal => {
+                    return Err(crate::exit::fatal(retry::fatal_cause(&e), format!("the server refuses the change stream: {}", retry::describe(&e))))
+                }
             },
         };
         from_now = false;
@@ -151,7 +153,9 @@ pub async fn run(
                         );
                         break;
                     }
-                    Failure::Fatal => anyhow::bail!("the change stream failed: {}", retry::describe(&e)),
+                    Failure::Fatal => {
+                        return Err(crate::exit::fatal(retry::fatal_cause(&e), format!("the change stream failed: {}", retry::describe(&e))))
+                    }
                 },
             }
         }
@@ -237,13 +241,14 @@ fn history_lost(shared: &Shared, feed: &Feed, had_token: bool, e: &mongodb::erro
         "the server no longer has the history after the saved resume token ({}): the changes made since the checkpoint was saved are gone from its oplog",
         retry::describe(e)
     );
+    let lost = |message: String| crate::exit::fatal(crate::exit::Cause::MongoHistoryLost, message);
     if !had_token {
-        anyhow::bail!("{what}, although this stream had no token; not retrying");
+        return Err(lost(format!("{what}, although this stream had no token; not retrying")));
     }
     match shared.cfg.on_history_lost {
-        OnHistoryLost::Fail => anyhow::bail!(
+        OnHistoryLost::Fail => Err(lost(format!(
             "{what}. on_history_lost = \"fail\": this stream stops and is not retried. To go on, set on_history_lost = \"start_from_now\" (the changes in the gap are skipped) or resync, then restart"
-        ),
+        ))),
         OnHistoryLost::StartFromNow => {
             tracing::error!(
                 source = %feed.source(), stream = %feed.label(),
