@@ -99,7 +99,15 @@ pub struct LimitsRequest {
 impl Manifest {
     pub fn from_toml(text: &str, path: &Path) -> anyhow::Result<Manifest> {
         let m: Manifest = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!("manifest {} is invalid: {}", path.display(), e.message().trim())
+            // The message alone does not name the key: say where it is.
+            let at = e.span().map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1))).unwrap_or_default();
+            let key = e.span().map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                before[before.rfind('\n').map_or(0, |i| i + 1)..].trim().to_string()
+            });
+            let key = key.filter(|l| !l.is_empty());
+            let key = key.map(|k| format!(" at `{}`", k.trim_end_matches('=').trim())).unwrap_or_default();
+            anyhow::anyhow!("manifest {} is invalid{at}{key}: {}", path.display(), e.message().trim())
         })?;
         m.validate().map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
         Ok(m)
