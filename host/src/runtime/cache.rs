@@ -149,8 +149,7 @@ fn check_private(path: &Path) -> Result<(), String> {
     if meta.file_type().is_symlink() {
         return Err("is a symbolic link".into());
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = effective_uid();
     if meta.uid() != me {
         return Err(format!("is owned by uid {}, not by this user (uid {me})", meta.uid()));
     }
@@ -159,6 +158,21 @@ fn check_private(path: &Path) -> Result<(), String> {
         return Err(format!("is writable by group or others (mode {mode:03o})"));
     }
     Ok(())
+}
+
+/// This process's effective user id: from /proc, else the owner of a file it
+/// creates (no libc dependency for one call).
+fn effective_uid() -> u32 {
+    let from_proc = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+        line.split_whitespace().nth(2)?.parse().ok()
+    });
+    from_proc.unwrap_or_else(|| {
+        let probe = std::env::temp_dir().join(format!(".oplet-uid-{}", std::process::id()));
+        let uid = std::fs::write(&probe, b"").and_then(|()| std::fs::metadata(&probe)).map(|m| m.uid()).unwrap_or(u32::MAX);
+        let _ = std::fs::remove_file(&probe);
+        uid
+    })
 }
 
 /// Marks an entry as just used, for pruning by age of last use.

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct LogBudget {
+    plugin: std::sync::Arc<str>,
     rate: u64,
     state: Mutex<Bucket>,
 }
@@ -29,8 +30,9 @@ pub struct Dropped {
 
 impl LogBudget {
     /// `rate`: bytes per second; the bucket holds one second's worth.
-    pub fn new(rate: u64) -> LogBudget {
+    pub fn new(plugin: std::sync::Arc<str>, rate: u64) -> LogBudget {
         LogBudget {
+            plugin,
             rate,
             state: Mutex::new(Bucket { tokens: rate as f64, refilled: Instant::now(), dropped_lines: 0, dropped_bytes: 0, reported: None }),
         }
@@ -70,10 +72,10 @@ impl LogBudget {
     }
 
     /// Logs what was dropped, in one line, if it is time to.
-    pub fn report(&self, plugin: &str, every: Duration) {
+    pub fn report(&self, every: Duration) {
         if let Some(d) = self.take_report(every) {
             tracing::warn!(
-                plugin,
+                plugin = %self.plugin,
                 dropped_lines = d.lines,
                 dropped_bytes = d.bytes,
                 "dropped {} log line(s) ({} bytes) the plugin wrote past its log rate limit of {} KiB/s ([limits] log_kb_per_s)",
@@ -88,9 +90,7 @@ impl LogBudget {
 impl Drop for LogBudget {
     fn drop(&mut self) {
         // Nothing is left unreported when the plugin is unloaded.
-        if let Some(d) = self.take_report(Duration::ZERO) {
-            tracing::warn!(dropped_lines = d.lines, dropped_bytes = d.bytes, "dropped {} log line(s) ({} bytes) past a plugin's log rate limit", d.lines, d.bytes);
-        }
+        self.report(Duration::ZERO);
     }
 }
 
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_flood_is_cut_at_the_rate_and_counted() {
-        let b = LogBudget::new(1000);
+        let b = LogBudget::new("p".into(), 1000);
         let admitted = (0..100).filter(|_| b.admit(99)).count();
         assert_eq!(admitted, 10, "one second's worth: 1000 bytes at 100 per line");
         assert_eq!(b.take_report(Duration::from_secs(1)), Some(Dropped { lines: 90, bytes: 90 * 99 }));

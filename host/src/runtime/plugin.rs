@@ -190,7 +190,7 @@ impl PluginCode {
             config,
             has_init,
             clock: runtime.clock.clone(),
-            log: Arc::new(LogBudget::new(limits.log_bytes_per_s)),
+            log: Arc::new(LogBudget::new(name.into(), limits.log_bytes_per_s)),
             footprint,
             _lease: lease,
             cached,
@@ -243,7 +243,7 @@ impl PluginCode {
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(ticks(self.limits.time_ms));
         let instance = self.pre.instantiate(&mut store).map_err(|e| LoadError::Start(classify(&store, e, self.limits)));
-        self.log.report(&self.name, LOG_REPORT_EVERY);
+        self.log.report(LOG_REPORT_EVERY);
         let instance = instance?;
         let get = |name: &'static str| LoadError::MissingExport(name);
         let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| get("memory"))?;
@@ -259,7 +259,7 @@ impl PluginCode {
         };
         store.set_epoch_deadline(ticks(self.limits.time_ms));
         let found = version.call(&mut store, ()).map_err(|e| LoadError::Probe(classify(&store, e, self.limits)));
-        self.log.report(&self.name, LOG_REPORT_EVERY);
+        self.log.report(LOG_REPORT_EVERY);
         let found = found?;
         if found != ABI_VERSION {
             return Err(LoadErrorOrCall::Load(LoadError::AbiVersion { found, expected: ABI_VERSION }));
@@ -366,8 +366,7 @@ impl Instance {
 
     fn call(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<WireReply, CallError> {
         let result = self.call_inner(f, input);
-        let state = self.store.data();
-        state.log.report(&state.plugin, LOG_REPORT_EVERY);
+        self.store.data().log.report(LOG_REPORT_EVERY);
         result
     }
 

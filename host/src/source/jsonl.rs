@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
+/// Unknown keys are ignored and a missing one is nil, the rule for every map on
+/// the plugin boundary (docs/abi.md section 6).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Line {
     #[serde(default)]
     #[allow(dead_code)]

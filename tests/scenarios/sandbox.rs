@@ -1,0 +1,394 @@
+//! The sandbox against hostile modules, through the real `oplet` binary: modules
+//! written by the test in WAT (several memories, memory64, huge tables, huge
+//! initial memory, loops in the start function and the version probe, floods of
+//! effects and log lines, empty and trailing replies, oversize and slow-to-compile
+//! modules) load into ONE running host beside a good plugin fed by a stream. The
+//! host never dies, its peak RSS stays within the documented bound, the good plugin
+//! handles every event once, and each hostile module is refused or fails per event
+//! with its exact reason. Also: the ABI rules of docs/abi.md, pinned one by one.
+
+use oplet_sdk::{codec, Effect, Map, Reply, Value};
+use oplet_tests::{install_plugin, install_plugin_bytes, Oplet, TempDir};
+use serde_json::{json, Value as Json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Host ceilings for the hostile host. The memory budget per instance is 64 MiB.
+const CEILINGS: &str = "[limits]\nmemory_mb = 64\ntime_ms = 1000\neffects = 100\nlog_kb_per_s = 16\nmodule_mb = 4\ncompile_ms = 3000\n";
+
+struct HostDir {
+    dir: TempDir,
+}
+
+impl HostDir {
+    fn new(extra_config: &str) -> HostDir {
+        let dir = oplet_tests::temp_dir();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
+        let config = format!(
+            "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\ndebounce_ms = 30\n\
+             [[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"events.jsonl\"\nfollow = true\n\
+             [grants.\"*\"]\naudit = true\n{extra_config}\n"
+        );
+        std::fs::write(dir.path().join("oplet.toml"), config).unwrap();
+        HostDir { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn plugins(&self) -> PathBuf {
+        self.path().join("plugins")
+    }
+    fn config(&self) -> PathBuf {
+        self.path().join("oplet.toml")
+    }
+    fn append_lines(&self, lines: &[String]) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.path().join("events.jsonl")).unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+    fn append(&self, range: std::ops::Range<i64>) {
+        let lines: Vec<String> = range
+            .map(|n| {
+                json!({"body": {"kind": "change", "data": {"op": "insert", "db": "app", "coll": "items",
+                    "key": {"_id": n}, "full_document": {"n": n}}}})
+                .to_string()
+            })
+            .collect();
+        self.append_lines(&lines);
+    }
+    fn audit(&self) -> Vec<Json> {
+        read_lines(&self.path().join("state/audit.jsonl"))
+    }
+    fn audit_of(&self, plugin: &str) -> Vec<Json> {
+        self.audit().into_iter().filter(|r| r["plugin"] == plugin).collect()
+    }
+    fn dead_of(&self, stage: &str) -> Vec<String> {
+        read_lines(&self.path().join("state/dead-letters.jsonl"))
+            .into_iter()
+            .filter(|d| d["stage"] == stage)
+            .map(|d| d["error"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+    async fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < WAIT, "waited {WAIT:?} for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<Json> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn manifest(name: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\n[[subscribe]]\nnamespaces = [\"app.*\"]\n[capabilities]\naudit = true\n{extra}")
+}
+
+/// MessagePack bytes as a WAT data string.
+fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+fn reply_bytes(effects: Vec<Effect>) -> Vec<u8> {
+    codec::encode(&Reply::Ok { effects }).unwrap()
+}
+
+/// The parts of a plugin module a hostile case changes; the rest follows the ABI.
+struct Wat<'a> {
+    /// Top-level fields before the exports (imports, memories, tables, start).
+    head: &'a str,
+    memory: &'a str,
+    version: &'a str,
+    alloc: &'a str,
+    /// Instructions run at the start of `oplet_handle`.
+    prelude: &'a str,
+    reply: Vec<u8>,
+    /// The length `oplet_handle` reports (default: the reply's).
+    reply_len: Option<usize>,
+}
+
+impl Default for Wat<'_> {
+    fn default() -> Self {
+        Wat {
+            head: "",
+            memory: "(memory (export \"memory\") 2)",
+            version: "(i32.const 1)",
+            alloc: "(i32.const 65536)",
+            prelude: "",
+            reply: reply_bytes(vec![]),
+            reply_len: None,
+        }
+    }
+}
+
+impl Wat<'_> {
+    fn build(&self) -> Vec<u8> {
+        let len = self.reply_len.unwrap_or(self.reply.len());
+        let text = format!(
+            r#"(module
+  {head}
+  {memory}
+  (data (i32.const 1024) "{data}")
+  (func (export "oplet_abi_version") (result i32) {version})
+  (func (export "oplet_alloc") (param $len i32) (result i32) {alloc})
+  (func (export "oplet_handle") (param $ptr i32) (param $len i32) (result i64)
+    {prelude}
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const {len}))))"#,
+            head = self.head,
+            memory = self.memory,
+            data = wat_bytes(&self.reply),
+            version = self.version,
+            alloc = self.alloc,
+            prelude = self.prelude,
+        );
+        wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+}
+
+/// A module with `funcs` functions of `n` arithmetic steps each, in binary (the
+/// text form would take the test longer to build than the host to refuse it).
+fn slow_to_compile(funcs: usize, n: usize, salt: u32) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn sleb(mut n: i64, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if (n == 0 && b & 0x40 == 0) || (n == -1 && b & 0x40 != 0) {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+    let mut body = vec![0x01, 0x04, 0x7f]; // four i32 locals
+    for i in 0..n {
+        let x = 1 + (i % 4) as u8;
+        body.extend_from_slice(&[0x20, 0x00, 0x41]);
+        sleb((i as i64) * 7 + salt as i64, &mut body);
+        body.extend_from_slice(&[0x6c, 0x21, x, 0x20, x, 0x20, 0x00, 0x6a, 0x21, 0x00]);
+    }
+    body.extend_from_slice(&[0x20, 0x00, 0x0b]);
+    let mut types = vec![0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f];
+    let mut funcs_sec = Vec::new();
+    leb(funcs as u64, &mut funcs_sec);
+    funcs_sec.extend(std::iter::repeat_n(0u8, funcs));
+    let mut code = Vec::new();
+    leb(funcs as u64, &mut code);
+    for _ in 0..funcs {
+        leb(body.len() as u64, &mut code);
+        code.extend_from_slice(&body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &types, &mut m);
+    section(3, &funcs_sec, &mut m);
+    section(10, &code, &mut m);
+    types.clear();
+    m
+}
+
+/// A valid module padded with a custom section to `size` bytes.
+fn padded(mut wasm: Vec<u8>, size: usize) -> Vec<u8> {
+    let pad = size - wasm.len() - 10;
+    wasm.push(0);
+    let mut len = Vec::new();
+    let mut n = (pad + 4) as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            len.push(b);
+            break;
+        }
+        len.push(b | 0x80);
+    }
+    wasm.extend_from_slice(&len);
+    wasm.extend_from_slice(&[3, b'p', b'a', b'd']);
+    wasm.extend(std::iter::repeat_n(0u8, pad));
+    wasm
+}
+
+fn vm_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn refusal(oplet: &Oplet, name: &str) -> String {
+    oplet
+        .log_lines_containing("refusing plugin")
+        .into_iter()
+        .find(|l| l.trim_end().ends_with(&format!("plugin={name}")))
+        .unwrap_or_else(|| panic!("no refusal logged for {name}:\n{}", oplet.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_modules_fail_alone_beside_a_good_plugin_in_one_host() {
+    let host = HostDir::new(CEILINGS);
+    let plugins = host.plugins();
+    let m = |name: &str| manifest(name, "[limits]\ntime_ms = 100\n");
+    install_plugin(&plugins, "echo", &manifest("echo", ""));
+    let log_line = "x".repeat(1000);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // Refused at load.
+        ("multi-memory", Wat { memory: "(memory (export \"memory\") 1) (memory 1000)", ..Wat::default() }.build()),
+        ("memory64", Wat { memory: "(memory (export \"memory\") i64 1)", ..Wat::default() }.build()),
+        ("many-tables", Wat { head: &"(table 100000 funcref) ".repeat(100), ..Wat::default() }.build()),
+        ("big-initial-memory", Wat { memory: "(memory (export \"memory\") 2000)", ..Wat::default() }.build()),
+        ("bad-log-import", Wat { head: "(import \"oplet\" \"log\" (func (param i32 i32)))", ..Wat::default() }.build()),
+        ("wasi-import", Wat { head: "(import \"wasi_snapshot_preview1\" \"fd_write\" (func (param i32 i32 i32 i32) (result i32)))", ..Wat::default() }.build()),
+        ("start-loop", Wat { head: "(func $spin (loop $l (br $l))) (start $spin)", ..Wat::default() }.build()),
+        ("probe-loop", Wat { version: "(loop $l (br $l)) (i32.const 1)", ..Wat::default() }.build()),
+        ("oversize", padded(Wat::default().build(), 5 << 20)),
+        ("slow-compile", slow_to_compile(250, 1000, 1)),
+        // Fail each event.
+        ("table-grow", Wat { head: "(table $t 0 funcref)", prelude: "(drop (table.grow $t (ref.null func) (i32.const 10000000)))", ..Wat::default() }.build()),
+        ("memory-grow", Wat { prelude: "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))", ..Wat::default() }.build()),
+        ("empty-reply", Wat { reply_len: Some(0), ..Wat::default() }.build()),
+        ("trailing-reply", Wat { reply_len: Some(reply_bytes(vec![]).len() + 1), ..Wat::default() }.build()),
+        ("effect-flood", Wat { reply: reply_bytes(vec![Effect::Audit { record: Value::Int(1) }; 150]), ..Wat::default() }.build()),
+        ("alloc-trap", Wat { alloc: "(unreachable)", ..Wat::default() }.build()),
+        // Accepted.
+        (
+            "lenient-reply",
+            Wat {
+                reply: codec::encode(&Value::Map(Map::from_iter([("status".to_string(), Value::from("ok")), ("extra".to_string(), Value::Int(1))]))).unwrap(),
+                ..Wat::default()
+            }
+            .build(),
+        ),
+        ("three-audits", Wat { reply: reply_bytes((0..3).map(|i| Effect::Audit { record: Value::Int(i) }).collect()), ..Wat::default() }.build()),
+        (
+            "log-flood",
+            Wat {
+                head: "(import \"oplet\" \"log\" (func $log (param i32 i32 i32))) (global $i (mut i32) (i32.const 0))",
+                memory: &format!("(memory (export \"memory\") 2) (data (i32.const 8192) \"{log_line}\")"),
+                prelude: "(global.set $i (i32.const 0)) (loop $l (call $log (i32.const 2) (i32.const 8192) (i32.const 1000)) (global.set $i (i32.add (global.get $i) (i32.const 1))) (br_if $l (i32.lt_u (global.get $i) (i32.const 10000))))",
+                ..Wat::default()
+            }
+            .build(),
+        ),
+    ];
+    for (name, wasm) in &cases {
+        install_plugin_bytes(&plugins, name, wasm, &m(name));
+    }
+
+    let mut oplet = Oplet::start_with_env(&host.config(), &[]);
+    let pid = oplet.pid();
+    oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
+    const EVENTS: i64 = 20;
+    host.append(1..EVENTS + 1);
+
+    // The good plugin handles every event once, in order.
+    host.wait_until("echo to handle every event", || host.audit_of("echo").len() >= EVENTS as usize).await;
+    // One more compile past its budget, dropped in while running, does not delay a
+    // small plugin dropped right after it: the small one is live first.
+    install_plugin_bytes(&plugins, "slow-compile-2", &slow_to_compile(250, 1000, 2), &m("slow-compile-2"));
+    install_plugin_bytes(&plugins, "late", &Wat { reply: reply_bytes(vec![Effect::Audit { record: Value::from("late") }]), ..Wat::default() }.build(), &m("late"));
+    oplet.wait_for_log("plugin=slow-compile-2", WAIT).await.unwrap();
+    let lines = oplet.logs();
+    let at = |what: &str, name: &str| lines.lines().position(|l| l.contains(what) && l.contains(&format!("plugin={name}")));
+    let (late_at, slow_at) = (at("plugin loaded", "late"), at("refusing plugin", "slow-compile-2"));
+    assert!(late_at.is_some() && late_at < slow_at, "the small plugin loaded before the slow compile ended:\n{lines}");
+    host.append(EVENTS + 1..EVENTS + 2);
+    host.wait_until("late to handle the last event", || !host.audit_of("late").is_empty()).await;
+    host.wait_until("every dead letter", || {
+        ["table-grow", "memory-grow", "empty-reply", "trailing-reply", "effect-flood", "alloc-trap"]
+            .iter()
+            .all(|p| host.dead_of(p).len() == EVENTS as usize + 1)
+    })
+    .await;
+    host.wait_until("three-audits and log-flood", || {
+        host.audit_of("three-audits").len() == 3 * (EVENTS as usize + 1) && host.audit_of("echo").len() == EVENTS as usize + 1
+    })
+    .await;
+    let hwm = vm_kib(pid, "VmHWM");
+    assert!(oplet.is_running(), "the host is alive:\n{}", oplet.logs());
+    let status = oplet.terminate().unwrap();
+    assert!(status.success(), "{status:?}\n{}", oplet.logs());
+
+    let echo: Vec<i64> = host.audit_of("echo").iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert_eq!(echo, (1..=EVENTS + 1).collect::<Vec<_>>(), "echo saw every event once, in order");
+
+    // Refused at load, each with its reason.
+    for (name, reason) in [
+        ("multi-memory", "unsupported module: it declares 2 memories; a plugin has exactly one memory"),
+        ("memory64", "unsupported module: it declares a 64-bit memory (memory64)"),
+        ("many-tables", "over its memory budget: the module needs 76.3 MiB as soon as it is instantiated (0.1 MiB of initial memory, 10000000 table elements), past its memory budget of 64.0 MiB"),
+        ("big-initial-memory", "over its memory budget: the module needs 125.0 MiB as soon as it is instantiated"),
+        ("bad-log-import", "imports `oplet.log` with the wrong type: expected (func (param i32 i32 i32)), found (func (param i32 i32))"),
+        ("wasi-import", "imports `wasi_snapshot_preview1.fd_write`, which the host does not provide"),
+        ("start-loop", "instantiation failed (start function, data or table initialisation): timeout: the call ran past its time budget of 100 ms"),
+        ("probe-loop", "oplet_abi_version failed: timeout: the call ran past its time budget of 100 ms"),
+        ("oversize", "is 5242880 bytes, past the host's module size limit of 4194304 bytes ([limits] module_mb in the host config)"),
+        ("slow-compile", "compiling took longer than the compile budget of 3000 ms ([limits] compile_ms in the host config)"),
+        ("slow-compile-2", "compiling took longer than the compile budget of 3000 ms"),
+    ] {
+        let line = refusal(&oplet, name);
+        assert!(line.contains(reason), "{name}: expected {reason:?} in\n{line}");
+    }
+
+    // Fail per event, each with its reason; the instance is replaced, the host goes on.
+    let first = |name: &str| {
+        let errors = host.dead_of(name);
+        assert_eq!(errors.len(), EVENTS as usize + 1, "{name} fails every event: {errors:?}");
+        errors[0].clone()
+    };
+    assert!(first("table-grow").starts_with("out of memory: growing a table from 0 to 10000000 elements would bring the instance to 80131072 bytes"), "{}", first("table-grow"));
+    assert!(first("memory-grow").starts_with("out of memory: growing its linear memory from"), "{}", first("memory-grow"));
+    assert!(first("memory-grow").contains("past its limit of 67108864 bytes ([limits] memory_mb)"), "{}", first("memory-grow"));
+    assert!(first("empty-reply").starts_with("bad reply: the reply is empty (length 0)"), "{}", first("empty-reply"));
+    assert_eq!(first("trailing-reply"), "bad reply: 1 byte(s) after the Reply (the reply is 20 bytes, the returned length 21); return the length of the reply exactly");
+    assert_eq!(first("effect-flood"), "too many effects: the reply holds 150 effects, past the limit of 100 per call ([limits] effects)");
+    assert!(first("alloc-trap").starts_with("trap: in oplet_alloc("), "{}", first("alloc-trap"));
+
+    // Accepted: unknown keys ignored, a missing `effects` is none; several audit
+    // records per event, keyed plugin:event_id:index.
+    assert!(host.dead_of("lenient-reply").is_empty());
+    let keys: Vec<String> = host.audit_of("three-audits").iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(&keys[..3], ["three-audits:events:1:0", "three-audits:events:1:1", "three-audits:events:1:2"]);
+    // The log flood: every line either written or counted as dropped.
+    assert!(host.dead_of("log-flood").is_empty());
+    let written = oplet.log_lines_containing(&log_line).len() as u64;
+    let dropped: u64 = oplet
+        .log_lines_containing("past its log rate limit of 16 KiB/s")
+        .iter()
+        .map(|l| l.split("dropped ").nth(1).unwrap().split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(written + dropped, 10_000 * (EVENTS as u64 + 1), "every log line written or counted");
+    assert!(written < 1_000, "the flood was cut: {written} lines written");
+
+    // Peak memory: the loaded instances' budgets plus the documented overhead.
+    let loaded = 1 + 6 + 4 + 1; // echo, failing ones, accepted ones, late
+    let bound_kib = (loaded * 64 + OVERHEAD_MIB) * 1024;
+    assert!(hwm <= bound_kib, "peak RSS {hwm} KiB is past {bound_kib} KiB");
+    eprintln!("peak RSS {} MiB, bound {} MiB", hwm / 1024, bound_kib / 1024);
+}
+
+/// docs/abi.md section 5: the host's own memory besides the plugins' budgets,
+/// compiles included (two 3 MB modules compiling at once).
+const OVERHEAD_MIB: u64 = 400;
