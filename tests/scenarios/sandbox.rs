@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(120);
 
 /// Host ceilings for the hostile host. The memory budget per instance is 64 MiB.
-const CEILINGS: &str = "[limits]\nmemory_mb = 64\ntime_ms = 1000\neffects = 100\nlog_kb_per_s = 16\nmodule_mb = 4\ncompile_ms = 3000\n";
+/// The compile budget is short: every module but the slow ones was compiled into
+/// the cache by a first run, and loads from it in milliseconds, while the slow
+/// ones take seconds to compile even on an idle machine.
+const CEILINGS: &str = "[limits]\nmemory_mb = 64\ntime_ms = 1000\neffects = 100\nlog_kb_per_s = 16\nmodule_mb = 4\ncompile_ms = 300\n";
+/// The same, with the default compile budget, for the run that fills the cache.
+const WARM_CEILINGS: &str = "[limits]\nmemory_mb = 64\ntime_ms = 1000\neffects = 100\nlog_kb_per_s = 16\nmodule_mb = 4\n";
 
 struct HostDir {
     dir: TempDir,
@@ -28,13 +33,18 @@ impl HostDir {
         let dir = oplet_tests::temp_dir();
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         std::fs::write(dir.path().join("events.jsonl"), "").unwrap();
+        let host = HostDir { dir };
+        host.write_config("oplet.toml", extra_config);
+        host
+    }
+    fn write_config(&self, file: &str, extra_config: &str) -> PathBuf {
         let config = format!(
             "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\ndebounce_ms = 30\n\
              [[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"events.jsonl\"\nfollow = true\n\
              [grants.\"*\"]\naudit = true\n{extra_config}\n"
         );
-        std::fs::write(dir.path().join("oplet.toml"), config).unwrap();
-        HostDir { dir }
+        std::fs::write(self.path().join(file), config).unwrap();
+        self.path().join(file)
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -293,7 +303,16 @@ async fn hostile_modules_fail_alone_beside_a_good_plugin_in_one_host() {
             .build(),
         ),
     ];
-    for (name, wasm) in &cases {
+    let late = Wat { reply: reply_bytes(vec![Effect::Audit { record: Value::from("late") }]), ..Wat::default() }.build();
+    // First run: fill the module cache with everything but the slow modules.
+    for (name, wasm) in cases.iter().filter(|(n, _)| !n.starts_with("slow")).chain([&("late", late.clone())]) {
+        install_plugin_bytes(&plugins, name, wasm, &m(name));
+    }
+    let mut warm = Oplet::start(&host.write_config("warm.toml", WARM_CEILINGS));
+    warm.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
+    assert!(warm.terminate().unwrap().success(), "{}", warm.logs());
+    oplet_tests::remove_plugin(&plugins, "late");
+    for (name, wasm) in cases.iter().filter(|(n, _)| n.starts_with("slow")) {
         install_plugin_bytes(&plugins, name, wasm, &m(name));
     }
 
@@ -308,7 +327,7 @@ async fn hostile_modules_fail_alone_beside_a_good_plugin_in_one_host() {
     // One more compile past its budget, dropped in while running, does not delay a
     // small plugin dropped right after it: the small one is live first.
     install_plugin_bytes(&plugins, "slow-compile-2", &slow_to_compile(250, 1000, 2), &m("slow-compile-2"));
-    install_plugin_bytes(&plugins, "late", &Wat { reply: reply_bytes(vec![Effect::Audit { record: Value::from("late") }]), ..Wat::default() }.build(), &m("late"));
+    install_plugin_bytes(&plugins, "late", &late, &m("late"));
     oplet.wait_for_log("plugin=slow-compile-2", WAIT).await.unwrap();
     let lines = oplet.logs();
     let at = |what: &str, name: &str| lines.lines().position(|l| l.contains(what) && l.contains(&format!("plugin={name}")));
@@ -345,8 +364,8 @@ async fn hostile_modules_fail_alone_beside_a_good_plugin_in_one_host() {
         ("start-loop", "instantiation failed (start function, data or table initialisation): timeout: the call ran past its time budget of 100 ms"),
         ("probe-loop", "oplet_abi_version failed: timeout: the call ran past its time budget of 100 ms"),
         ("oversize", "is 5242880 bytes, past the host's module size limit of 4194304 bytes ([limits] module_mb in the host config)"),
-        ("slow-compile", "compiling took longer than the compile budget of 3000 ms ([limits] compile_ms in the host config)"),
-        ("slow-compile-2", "compiling took longer than the compile budget of 3000 ms"),
+        ("slow-compile", "compiling took longer than the compile budget of 300 ms ([limits] compile_ms in the host config)"),
+        ("slow-compile-2", "compiling took longer than the compile budget of 300 ms"),
     ] {
         let line = refusal(&oplet, name);
         assert!(line.contains(reason), "{name}: expected {reason:?} in\n{line}");
@@ -392,3 +411,132 @@ async fn hostile_modules_fail_alone_beside_a_good_plugin_in_one_host() {
 /// docs/abi.md section 5: the host's own memory besides the plugins' budgets,
 /// compiles included (two 3 MB modules compiling at once).
 const OVERHEAD_MIB: u64 = 400;
+
+/// Time limits hold as long as the compiled code exists, not only while the
+/// `Runtime` value lives (the CLI used to leak it for that reason).
+#[test]
+fn time_limits_hold_after_the_runtime_is_dropped() {
+    use oplet::runtime::{CallError, Limits, PluginCode, Runtime};
+    let wasm = Wat { prelude: "(loop $l (br $l))", ..Wat::default() }.build();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = Runtime::new(None).unwrap();
+        let limits = Limits { time_ms: 50, ..Limits::default() };
+        let code = PluginCode::load(&runtime, "spin", &wasm, limits, &Value::Null).unwrap();
+        drop(runtime);
+        let mut instance = code.new_instance().unwrap();
+        let event = oplet_sdk::Event {
+            seq: 1,
+            id: "e1".into(),
+            source: "t".into(),
+            time_ms: 0,
+            body: oplet_sdk::EventBody::Change(Default::default()),
+        };
+        // Long enough for the ticker to park first (20 ticks of 5 ms).
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = tx.send(instance.handle(&event).map(|_| ()));
+    });
+    let result = rx.recv_timeout(Duration::from_secs(60)).expect("the looping call was interrupted");
+    assert_eq!(result, Err(CallError::Timeout { budget_ms: 50 }));
+}
+
+/// `oplet plugin check` tells the true budget: linear memory and tables together.
+#[test]
+fn plugin_check_tells_the_whole_memory_budget() {
+    let dir = oplet_tests::temp_dir();
+    let wasm = dir.path().join("tables.wasm");
+    std::fs::write(&wasm, Wat { head: "(table 131072 funcref)", ..Wat::default() }.build()).unwrap();
+    std::fs::write(dir.path().join("tables.toml"), "name = \"tables\"\n[limits]\nmemory_mb = 8\n").unwrap();
+    let out = std::process::Command::new(oplet_tests::oplet_bin()).args(["plugin", "check"]).arg(&wasm).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("8 MiB memory budget (linear memory and tables together; 1.1 MiB used at instantiation)"),
+        "{stdout}"
+    );
+    // Out of range: refused with the key and range, exit 2.
+    std::fs::write(dir.path().join("tables.toml"), "name = \"tables\"\n[limits]\nmemory_mb = 17592186044416\n").unwrap();
+    let out = std::process::Command::new(oplet_tests::oplet_bin()).args(["plugin", "check"]).arg(&wasm).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[limits] memory_mb = 17592186044416 is out of range: it must be 1 to 4096 (MiB)"), "{stderr}");
+}
+
+/// Startup checks: a plugin folder that is a file, a cache folder others may
+/// write, host ceilings out of range, and a grant naming no plugin.
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_refuses_unsafe_or_wrong_settings_with_the_reason() {
+    // The plugin "folder" is a file.
+    let host = HostDir::new("");
+    std::fs::remove_dir(host.plugins()).unwrap();
+    std::fs::write(host.plugins(), "").unwrap();
+    let mut oplet = Oplet::start(&host.config());
+    assert_eq!(oplet.wait_exit(WAIT).unwrap().code(), Some(2));
+    assert!(oplet.logs().contains("is a file, not a folder; point [plugins] dir"), "{}", oplet.logs());
+
+    // A cache folder writable by others: cached modules are native code.
+    let host = HostDir::new("");
+    std::fs::create_dir_all(host.path().join("state/cache")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(host.path().join("state/cache"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut oplet = Oplet::start(&host.config());
+    assert_eq!(oplet.wait_exit(WAIT).unwrap().code(), Some(2));
+    assert!(oplet.logs().contains("is writable by group or others (mode 777)"), "{}", oplet.logs());
+
+    // A host ceiling out of range.
+    let host = HostDir::new("[limits]\nmemory_mb = 17592186044416\n");
+    let mut oplet = Oplet::start(&host.config());
+    assert_eq!(oplet.wait_exit(WAIT).unwrap().code(), Some(2));
+    assert!(oplet.logs().contains("[limits] memory_mb = 17592186044416 is out of range"), "{}", oplet.logs());
+
+    // A grant for a plugin that does not exist: a warning naming it.
+    let host = HostDir::new("[grants.ech0]\naudit = true\n");
+    install_plugin(&host.plugins(), "echo", &manifest("echo", ""));
+    let mut oplet = Oplet::start(&host.config());
+    oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
+    let line = oplet.wait_for_log("names no plugin", WAIT).await.unwrap();
+    assert!(line.contains("[grants.\"ech0\"] names no plugin in") && line.contains("it grants nothing"), "{line}");
+    assert!(oplet.terminate().unwrap().success());
+}
+
+/// The module cache keeps what is loaded plus a few spare entries: reload churn
+/// does not grow it without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_module_cache_is_pruned_under_reload_churn() {
+    let host = HostDir::new("");
+    let plugins = host.plugins();
+    let version = |v: i64| Wat { reply: reply_bytes(vec![Effect::Audit { record: Value::Int(v) }]), ..Wat::default() }.build();
+    install_plugin_bytes(&plugins, "churn", &version(0), &manifest("churn", ""));
+    let oplet = Oplet::start(&host.config());
+    oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
+    for v in 1..=30 {
+        let mark = oplet.log_mark();
+        install_plugin_bytes(&plugins, "churn", &version(v), &manifest("churn", ""));
+        oplet.wait_for_log_since(mark, "plugin reloaded", WAIT).await.unwrap();
+    }
+    let entries = std::fs::read_dir(host.path().join("state/cache")).unwrap().count();
+    assert!(entries <= 1 + 1 + 8, "the loaded entry, the newest, and 8 spare: {entries} files");
+    // And the latest version is the one that runs.
+    host.append(1..2);
+    host.wait_until("the latest version to handle the event", || host.audit_of("churn").first().is_some_and(|r| r["record"] == 30)).await;
+}
+
+/// JSON-lines events follow the ABI's one rule: unknown keys are ignored, every
+/// header field may be omitted, `seq` and `source` are the host's.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_lines_ignore_unknown_keys_and_the_host_sets_seq_and_source() {
+    let host = HostDir::new("");
+    install_plugin(&host.plugins(), "echo", &manifest("echo", ""));
+    let oplet = Oplet::start(&host.config());
+    oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
+    host.append_lines(&[
+        json!({"seq": 999, "source": "elsewhere", "extra": true,
+               "body": {"kind": "change", "data": {"op": "insert", "db": "app", "coll": "items", "unknown": 1, "full_document": {"n": 1}}}})
+        .to_string(),
+    ]);
+    host.wait_until("echo to see the line", || !host.audit_of("echo").is_empty()).await;
+    let rec = &host.audit_of("echo")[0];
+    assert_eq!(rec["seq"], 1);
+    assert_eq!(rec["source"], "events");
+    assert_eq!(rec["event_id"], "events:1");
+}
