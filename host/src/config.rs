@@ -81,7 +81,7 @@ fn default_debounce() -> u64 {
     50
 }
 fn default_start_wait() -> u64 {
-    10_000
+    30_000
 }
 fn yes() -> bool {
     true
