@@ -3,7 +3,7 @@
 //! reports back through a channel, so a module that takes minutes to compile
 //! never delays the load of another, nor a fix for a third.
 
-use super::reload::PluginFiles;
+use super::reload::{PluginFiles, Wake};
 use super::{PluginCode, Runtime};
 use crate::config::Config;
 use crate::manifest::Manifest;
@@ -26,11 +26,11 @@ pub struct Loader {
     done_tx: Sender<Loaded>,
     done_rx: Receiver<Loaded>,
     /// Poked after each finished load, so the thread that installs wakes up.
-    wake: Sender<()>,
+    wake: Sender<Wake>,
 }
 
 impl Loader {
-    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, wake: Sender<()>) -> Loader {
+    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, wake: Sender<Wake>) -> Loader {
         let (done_tx, done_rx) = channel();
         Loader { runtime, config, done_tx, done_rx, wake }
     }
@@ -44,7 +44,7 @@ impl Loader {
             let result = files.load(&runtime, &config);
             let ms = started.elapsed().as_millis() as u64;
             let _ = done.send(Loaded { name, digest, result, ms });
-            let _ = wake.send(());
+            let _ = wake.send(Wake::Loaded);
         });
         if let Err(e) = spawned {
             tracing::error!("cannot start a plugin load thread: {e}");

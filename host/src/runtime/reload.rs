@@ -93,8 +93,8 @@ pub struct PluginDir {
     /// Digest of the files being loaded now, by plugin: a finished load is
     /// installed only if it is still the latest version of a file still there.
     pending: BTreeMap<String, String>,
-    wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
+    wake_tx: Sender<Wake>,
+    wake_rx: Receiver<Wake>,
     /// Set when the watch guard drops: the watch thread ends.
     stop: Arc<AtomicBool>,
     registry: Arc<Registry>,
@@ -127,10 +127,7 @@ impl PluginDir {
     /// finished, unloads removed plugins, and starts loading new or changed files.
     /// Returns how many plugins changed now.
     pub fn scan(&mut self) -> usize {
-        let mut changed = 0;
-        while let Some(done) = self.loader.try_next() {
-            changed += self.finish(done);
-        }
+        let mut changed = self.install_finished();
         let mut present = BTreeMap::new();
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
@@ -189,6 +186,16 @@ impl PluginDir {
             }
             self.pending.insert(name.clone(), digest.clone());
             self.loader.start(name, digest, files);
+        }
+        changed
+    }
+
+    /// Installs (or refuses) every load that has finished. Returns how many
+    /// plugins changed.
+    fn install_finished(&mut self) -> usize {
+        let mut changed = 0;
+        while let Some(done) = self.loader.try_next() {
+            changed += self.finish(done);
         }
         changed
     }
@@ -276,7 +283,7 @@ impl PluginDir {
             let tx = self.wake_tx.clone();
             let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if res.is_ok() {
-                    let _ = tx.send(());
+                    let _ = tx.send(Wake::Files);
                 }
             })?;
             watcher
@@ -289,20 +296,35 @@ impl PluginDir {
         let debounce = Duration::from_millis(self.config.plugins.debounce_ms);
         let (stop, wake) = (self.stop.clone(), self.wake_tx.clone());
         let thread = std::thread::Builder::new().name("oplet-reload".into()).spawn(move || {
-            while self.wake_rx.recv().is_ok() && !self.stop.load(Ordering::SeqCst) {
-                // Wait for a quiet moment: a file still being written keeps firing.
-                while self.wake_rx.recv_timeout(debounce).is_ok() {}
-                if watch_files {
-                    self.scan();
-                } else {
-                    while let Some(done) = self.loader.try_next() {
-                        self.finish(done);
+            while let Ok(wake) = self.wake_rx.recv() {
+                if self.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if wake == Wake::Files {
+                    // Wait for a quiet moment: a file still being written keeps
+                    // firing. A load that finishes meanwhile is installed at once.
+                    while let Ok(w) = self.wake_rx.recv_timeout(debounce) {
+                        if w == Wake::Loaded {
+                            self.install_finished();
+                        }
+                    }
+                    if watch_files {
+                        self.scan();
                     }
                 }
+                self.install_finished();
             }
         })?;
         Ok(WatchGuard { _watcher: watcher, _thread: thread, stop, wake })
     }
+}
+
+/// What wakes the watch thread: a change in the folder (debounced), or a load
+/// that finished (installed at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Files,
+    Loaded,
 }
 
 /// Keeps the folder watch alive.
@@ -310,13 +332,13 @@ pub struct WatchGuard {
     _watcher: Option<notify::RecommendedWatcher>,
     _thread: std::thread::JoinHandle<()>,
     stop: Arc<AtomicBool>,
-    wake: Sender<()>,
+    wake: Sender<Wake>,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.send(());
+        let _ = self.wake.send(Wake::Files);
     }
 }
 
