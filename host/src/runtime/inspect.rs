@@ -36,7 +36,8 @@ pub fn inspect(wasm: &[u8], budget: usize) -> Result<Footprint, LoadError> {
         return Err(LoadError::Compile("the file is empty (0 bytes); deploy the built .wasm module".into()));
     }
     let mut f = Footprint::default();
-    let bad = |e: wasmparser::BinaryReaderError| LoadError::Compile(e.to_string());
+    // wasmparser's messages may span lines (byte arrays); a log line must not.
+    let bad = |e: wasmparser::BinaryReaderError| LoadError::Compile(super::compile::one_line(&e.to_string()));
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         match payload.map_err(bad)? {
             wasmparser::Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
@@ -125,5 +126,7 @@ mod tests {
         let tables = inspect(&wasm("(module (table 3000000 funcref))"), 16 << 20).unwrap_err().to_string();
         assert!(tables.contains("3000000 table elements"), "{tables}");
         assert!(inspect(&[], 1).unwrap_err().to_string().contains("empty (0 bytes)"));
+        let garbage = inspect(b"\x7fELF not wasm", 1).unwrap_err().to_string();
+        assert!(garbage.starts_with("not a valid WebAssembly module: magic header not detected") && !garbage.contains('\n'), "{garbage}");
     }
 }
