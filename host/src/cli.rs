@@ -121,11 +121,12 @@ fn load_for_cli(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<(PluginC
     let files = PluginFiles::read(wasm, &manifest_path)?;
     let manifest = Manifest::from_toml(&files.manifest_text, &manifest_path)?;
     let runtime = Runtime::new(None)?;
-    let limits = Limits::resolve(&manifest.limits, &Ceilings::default());
+    let limits = Limits::resolve(&manifest.limits, &Ceilings::default())
+        .map_err(|e| anyhow::anyhow!("manifest {}: {e}", manifest_path.display()))?;
+    // The code holds the engine and the epoch clock, so time limits hold after
+    // `runtime` is dropped here.
     let code = PluginCode::load(&runtime, &manifest.name, &files.wasm, limits, &manifest.config_value())
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    // The runtime (engine) must outlive the code; leak it for this short-lived command.
-    std::mem::forget(runtime);
     Ok((code, manifest))
 }
 
@@ -133,7 +134,16 @@ fn check(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (code, m) = load_for_cli(wasm, manifest)?;
     let l = code.limits();
     println!("ok: {} v{} ({})", m.name, m.version, wasm.display());
-    println!("  abi version {}, limits: {} ms, {} MiB memory, {} KiB reply", oplet_sdk::ABI_VERSION, l.time_ms, l.memory_bytes >> 20, l.reply_bytes >> 10);
+    println!(
+        "  abi version {}, limits per call: {} ms, {} MiB memory budget (linear memory and tables together; {:.1} MiB used at instantiation), {} KiB reply, {} effects, {} KiB/s of log",
+        oplet_sdk::ABI_VERSION,
+        l.time_ms,
+        l.memory_bytes >> 20,
+        code.initial_bytes() as f64 / (1024.0 * 1024.0),
+        l.reply_bytes >> 10,
+        l.effects,
+        l.log_bytes_per_s / 1024
+    );
     println!("  subscribes to {} subscription(s); asks for {:?}", m.subscribe.len(), m.capabilities);
     Ok(ExitCode::SUCCESS)
 }

@@ -56,11 +56,21 @@ pub struct PluginsConfig {
     /// Cache compiled modules under `state_dir/cache`.
     #[serde(default = "yes")]
     pub cache: bool,
+    /// At start, how long the sources wait for plugins still compiling. A plugin
+    /// compiled later is installed then and receives events from that moment.
+    #[serde(default = "default_start_wait")]
+    pub start_wait_ms: u64,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        PluginsConfig { dir: default_plugin_dir(), watch: true, debounce_ms: default_debounce(), cache: true }
+        PluginsConfig {
+            dir: default_plugin_dir(),
+            watch: true,
+            debounce_ms: default_debounce(),
+            cache: true,
+            start_wait_ms: default_start_wait(),
+        }
     }
 }
 
@@ -70,26 +80,74 @@ fn default_plugin_dir() -> PathBuf {
 fn default_debounce() -> u64 {
     50
 }
+fn default_start_wait() -> u64 {
+    30_000
+}
 fn yes() -> bool {
     true
 }
 
+/// Host-wide ceilings: every plugin's `[limits]` is clamped to these, and the
+/// module size and compile budget apply to every module the host loads. A value
+/// out of its range (0, or past what the runtime can enforce) is a config error.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ceilings {
     #[serde(default = "default_ceiling_time")]
     pub time_ms: u64,
+    /// One budget per instance: linear memory and tables together.
     #[serde(default = "default_ceiling_memory")]
     pub memory_mb: u64,
     #[serde(default = "default_ceiling_reply")]
     pub reply_kb: u64,
+    /// Effects one call may return.
+    #[serde(default = "default_ceiling_effects")]
+    pub effects: u64,
+    /// Bytes per second a plugin may write through `oplet.log`.
+    #[serde(default = "default_ceiling_log")]
+    pub log_kb_per_s: u64,
+    /// Largest `.wasm` file the host compiles.
+    #[serde(default = "default_module_mb")]
+    pub module_mb: u64,
+    /// How long one compile may take before the module is refused.
+    #[serde(default = "default_compile_ms")]
+    pub compile_ms: u64,
 }
 
 impl Default for Ceilings {
     fn default() -> Self {
-        Ceilings { time_ms: default_ceiling_time(), memory_mb: default_ceiling_memory(), reply_kb: default_ceiling_reply() }
+        Ceilings {
+            time_ms: default_ceiling_time(),
+            memory_mb: default_ceiling_memory(),
+            reply_kb: default_ceiling_reply(),
+            effects: default_ceiling_effects(),
+            log_kb_per_s: default_ceiling_log(),
+            module_mb: default_module_mb(),
+            compile_ms: default_compile_ms(),
+        }
     }
 }
+
+impl Ceilings {
+    /// Every ceiling must lie in the range the runtime can enforce (see
+    /// `runtime::limits::RANGES`); the error names the key and the range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::runtime::limits::check_range;
+        for (key, value) in [
+            ("time_ms", self.time_ms),
+            ("memory_mb", self.memory_mb),
+            ("reply_kb", self.reply_kb),
+            ("effects", self.effects),
+            ("log_kb_per_s", self.log_kb_per_s),
+            ("module_mb", self.module_mb),
+            ("compile_ms", self.compile_ms),
+        ] {
+            check_range(key, value).map_err(|e| anyhow::anyhow!("[limits] {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 fn default_ceiling_time() -> u64 {
     5_000
 }
@@ -98,6 +156,18 @@ fn default_ceiling_memory() -> u64 {
 }
 fn default_ceiling_reply() -> u64 {
     16 * 1024
+}
+fn default_ceiling_effects() -> u64 {
+    10_000
+}
+fn default_ceiling_log() -> u64 {
+    1024
+}
+fn default_module_mb() -> u64 {
+    16
+}
+fn default_compile_ms() -> u64 {
+    60_000
 }
 
 /// What the host grants one plugin (or `"*"`, every plugin). A plugin gets the
@@ -285,11 +355,17 @@ impl Config {
                 }
             }
         }
+        self.limits.validate()?;
         Ok(())
     }
 
     pub fn audit_path(&self) -> PathBuf {
         self.audit.path.clone().unwrap_or_else(|| self.state_dir.join("audit.jsonl"))
+    }
+
+    /// `[grants."NAME"]` entries that name none of `plugins` (a typo grants nothing).
+    pub fn unknown_grants<'a>(&'a self, plugins: &[String]) -> Vec<&'a str> {
+        self.grants.keys().filter(|k| *k != "*" && !plugins.contains(k)).map(String::as_str).collect()
     }
 
     /// What `plugin` may do: its manifest's request intersected with the grants

@@ -52,12 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
-    if !config.plugins.dir.is_dir() {
-        anyhow::bail!(
-            "plugin folder {} does not exist; create it or set [plugins] dir (OPLET__PLUGINS__DIR)",
-            config.plugins.dir.display()
-        );
-    }
+    crate::runtime::reload::check_plugin_dir(&config.plugins.dir)?;
     let cache = config.plugins.cache.then(|| config.state_dir.join("cache"));
     let runtime = Arc::new(Runtime::new(cache)?);
     let health = Health::new();
@@ -90,9 +85,17 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
 
     let mut dir = PluginDir::new(runtime.clone(), config.clone(), registry.clone());
     dir.scan();
+    // Plugins compile in parallel; the sources wait at most start_wait_ms for them.
+    let loading = dir.settle(Duration::from_millis(config.plugins.start_wait_ms));
     let names: Vec<String> = registry.snapshot().iter().map(|w| w.name.clone()).collect();
     tracing::info!(dir = %config.plugins.dir.display(), "{} plugin(s) loaded: {}", names.len(), names.join(", "));
-    let _watch = if config.plugins.watch { Some(dir.watch()?) } else { None };
+    for name in &loading {
+        tracing::warn!(plugin = %name, "plugin still compiling after [plugins] start_wait_ms = {}; the sources start without it, and it receives events from when it is loaded", config.plugins.start_wait_ms);
+    }
+    for grant in config.unknown_grants(&dir.names_in_folder()) {
+        tracing::warn!("[grants.{grant:?}] names no plugin in {}: it grants nothing (a typo in the plugin name?)", config.plugins.dir.display());
+    }
+    let _watch = Some(dir.watch_with(config.plugins.watch)?);
 
     let dispatcher = tokio::spawn(dispatch(rx, registry.clone()));
     let mut sources = tokio::task::JoinSet::new();

@@ -79,19 +79,35 @@ pub struct Capabilities {
     pub emit: Vec<String>,
 }
 
-/// Per-call limits a plugin asks for; the host clamps them to its ceilings.
+/// Per-call limits a plugin asks for; the host range-checks them and clamps them
+/// to its ceilings (`runtime::Limits::resolve`). Omitted: the documented default.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
+    /// Time budget of one call (and of instantiation, the version probe and init).
     pub time_ms: Option<u64>,
+    /// One budget for the instance: linear memory and tables together.
     pub memory_mb: Option<u64>,
+    /// Largest reply one call may return.
     pub reply_kb: Option<u64>,
+    /// Most effects one call may return; more fails the event.
+    pub effects: Option<u64>,
+    /// Log bytes per second through `oplet.log`; the excess is dropped and counted.
+    pub log_kb_per_s: Option<u64>,
 }
 
 impl Manifest {
     pub fn from_toml(text: &str, path: &Path) -> anyhow::Result<Manifest> {
         let m: Manifest = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!("manifest {} is invalid: {}", path.display(), e.message().trim())
+            // The message alone does not name the key: say where it is.
+            let at = e.span().map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1))).unwrap_or_default();
+            let key = e.span().map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                before[before.rfind('\n').map_or(0, |i| i + 1)..].trim().to_string()
+            });
+            let key = key.filter(|l| !l.is_empty());
+            let key = key.map(|k| format!(" at `{}`", k.trim_end_matches('=').trim())).unwrap_or_default();
+            anyhow::anyhow!("manifest {} is invalid{at}{key}: {}", path.display(), e.message().trim())
         })?;
         m.validate().map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?;
         Ok(m)
@@ -108,6 +124,18 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (key, value) in [
+            ("time_ms", l.time_ms),
+            ("memory_mb", l.memory_mb),
+            ("reply_kb", l.reply_kb),
+            ("effects", l.effects),
+            ("log_kb_per_s", l.log_kb_per_s),
+        ] {
+            if let Some(v) = value {
+                crate::runtime::limits::check_range(key, v).map_err(|e| format!("[limits] {e}"))?;
+            }
+        }
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(format!("name {:?} must be letters, digits, '-' or '_'", self.name));
         }
@@ -208,6 +236,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `namespace`"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_limits_are_refused_with_the_key_and_range() {
+        let err = Manifest::from_toml("name = \"x\"\n[limits]\nreply_kb = 0\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("[limits] reply_kb = 0 is out of range: it must be 1 to"), "{err}");
+        let err = Manifest::from_toml("name = \"x\"\n[limits]\nmemory_mb = 17592186044416\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("memory_mb = 17592186044416 is out of range"), "{err}");
+        let err = Manifest::from_toml("name = \"x\"\n[limits]\ntime_ms = -1\n", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("time_ms"), "{err}");
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The WebAssembly runtime: the only part of the host that sees wasmtime types.
 //!
-//! `Runtime` owns the one `Engine`, the `Linker` and the compiled-module cache;
-//! `PluginCode` is a validated module ready to instantiate; `Instance` takes an
-//! event and gives effects or a typed `CallError`. `reload` keeps the set of
-//! loaded plugins in step with the plugin folder.
+//! `Runtime` owns the one `Engine`, the `Linker`, the compile pool and the
+//! compiled-module cache; `PluginCode` is a validated module ready to instantiate;
+//! `Instance` takes an event and gives effects or a typed `CallError`. `reload`
+//! keeps the set of loaded plugins in step with the plugin folder.
 
 mod cache;
+pub mod compile;
 mod engine;
-mod limits;
+pub mod inspect;
+pub(crate) mod limits;
+mod lograte;
 mod plugin;
+mod loader;
 pub mod reload;
 
+pub use compile::CompileBudget;
 pub use engine::Runtime;
 pub use limits::Limits;
 pub use plugin::{CallError, Instance, LoadError, PluginCode};

@@ -1,16 +1,22 @@
 //! A loaded plugin: validated module code (`PluginCode`) and a live `Instance`.
 //!
-//! Loading checks everything that can be checked before an event arrives: the
-//! exports and their signatures, the imports, the ABI version, and that `oplet_init`
-//! accepts the manifest's config. A call that traps, runs out of time or memory,
-//! or returns a bad reply gives a typed `CallError`; the caller then throws the
-//! instance away (its state may be corrupt) and makes a fresh one.
+//! Loading checks everything that can be checked before an event arrives: size and
+//! declared memories/tables (before compiling), the exports and their signatures,
+//! the imports, the ABI version, and that `oplet_init` accepts the manifest's
+//! config — each phase under the plugin's limits. A call that traps, runs out of
+//! time or memory, or returns a bad reply gives a typed `CallError`; the caller
+//! then throws the instance away (its state may be corrupt) and makes a fresh one.
 
+use super::cache::Lease;
+use super::compile::{one_line, CompileBudget};
 use super::engine::{Clock, Runtime};
+use super::inspect::TABLE_ELEMENT_BYTES;
 use super::limits::Limits;
-use oplet_sdk::{codec, Effect, Event, Reply, Value, ABI_VERSION};
+use super::lograte::LogBudget;
+use oplet_sdk::{codec, Effect, Event, Value, ABI_VERSION};
+use serde::Deserialize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::{
     ExternType, InstancePre, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
@@ -18,19 +24,33 @@ use wasmtime::{
 /// Longest log line a plugin may write through the `oplet.log` import.
 pub(crate) const LOG_LINE_MAX: usize = 16 * 1024;
 
-/// Why a module was refused at load.
+/// Why a module was refused at load. Each message says what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("not a valid WebAssembly module: {0}")]
     Compile(String),
+    #[error("the module is {size} bytes, past the host's module size limit of {limit} bytes ([limits] module_mb in the host config); shrink it (release build, opt-level = \"s\", strip) or raise the limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("compiling took longer than the compile budget of {budget_ms} ms ([limits] compile_ms in the host config); the module is refused. wasmtime cannot cancel a compile: it runs to its end on its own thread and is then discarded ({abandoned} such compile(s) running now)")]
+    CompileBudget { budget_ms: u64, abandoned: usize },
+    #[error("unsupported module: it {0}")]
+    Unsupported(String),
+    #[error("over its memory budget: the module {0}")]
+    Budget(String),
     #[error("missing export `{0}`; a plugin must export memory, oplet_abi_version, oplet_alloc and oplet_handle (see docs/abi.md)")]
     MissingExport(&'static str),
     #[error("export `{name}` has the wrong type: expected {expected}, found {found}")]
     ExportType { name: &'static str, expected: &'static str, found: String },
-    #[error("imports `{module}.{name}`, which the host does not provide (only `oplet.log` exists)")]
+    #[error("imports `{module}.{name}`, which the host does not provide; the only import is `oplet.log` (docs/abi.md section 3): remove it (a WASI import means the module was built for wasm32-wasip1, build for wasm32-unknown-unknown)")]
     ForbiddenImport { module: String, name: String },
+    #[error("imports `oplet.log` with the wrong type: expected (func (param i32 i32 i32)), found {found} (docs/abi.md section 3)")]
+    ImportType { found: String },
     #[error("speaks plugin ABI version {found}, this host speaks version {expected}; rebuild it with a matching oplet-sdk")]
     AbiVersion { found: u32, expected: u32 },
+    #[error("instantiation failed (start function, data or table initialisation): {0}")]
+    Start(CallError),
+    #[error("oplet_abi_version failed: {0}")]
+    Probe(CallError),
     #[error("oplet_init failed: {0}")]
     Init(CallError),
     #[error("cannot instantiate: {0}")]
@@ -43,14 +63,16 @@ pub enum LoadError {
 pub enum CallError {
     #[error("timeout: the call ran past its time budget of {budget_ms} ms")]
     Timeout { budget_ms: u64 },
-    #[error("out of memory: the plugin tried to grow its linear memory to {wanted} bytes, past its limit of {limit} bytes")]
-    OutOfMemory { wanted: usize, limit: usize },
+    #[error("out of memory: growing {what} would bring the instance to {wanted} bytes (linear memory and tables together), past its limit of {limit} bytes ([limits] memory_mb)")]
+    OutOfMemory { what: String, wanted: usize, limit: usize },
     #[error("trap: {0}")]
     Trap(String),
     #[error("reply too large: {len} bytes, limit {limit} bytes")]
     ReplyTooLarge { len: usize, limit: usize },
     #[error("bad reply: {0}")]
     BadReply(String),
+    #[error("too many effects: the reply holds {count} effects, past the limit of {limit} per call ([limits] effects)")]
+    TooManyEffects { count: usize, limit: usize },
     #[error("plugin error: {0}")]
     Plugin(String),
     #[error("cannot instantiate: {0}")]
@@ -60,37 +82,62 @@ pub enum CallError {
 impl CallError {
     /// Whether the instance must be replaced (its memory may be inconsistent).
     pub fn poisons_instance(&self) -> bool {
-        !matches!(self, CallError::Plugin(_))
+        !matches!(self, CallError::Plugin(_) | CallError::TooManyEffects { .. })
     }
 }
 
-/// Data each store carries: the plugin's name, its memory ceiling, and what the
-/// guest said last at error level (a Rust plugin's panic message).
+/// Data each store carries: the plugin's name, its memory budget and what it
+/// holds, its log budget, and what the guest said last at error level (a Rust
+/// plugin's panic message).
 pub struct StoreState {
     pub(crate) plugin: Arc<str>,
     pub(crate) last_error: Option<String>,
+    pub(crate) log: Arc<LogBudget>,
     memory_limit: usize,
-    memory_refused: Option<usize>,
+    /// Bytes of linear memory (one memory: the loader refuses more).
+    memory_bytes: usize,
+    /// Bytes of all tables, `TABLE_ELEMENT_BYTES` per element.
+    table_bytes: usize,
+    memory_refused: Option<(String, usize)>,
 }
 
+impl StoreState {
+    fn refuse(&mut self, what: String, wanted: usize) -> wasmtime::Result<bool> {
+        let limit = self.memory_limit;
+        self.memory_refused = Some((what, wanted));
+        Err(wasmtime::Error::msg(format!("memory budget of {limit} bytes exceeded (wanted {wanted})")))
+    }
+}
+
+/// One budget per instance: every memory and table growth (the initial sizes at
+/// instantiation too) is checked against the sum of both.
 impl ResourceLimiter for StoreState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
-            self.memory_refused = Some(desired);
-            return Err(wasmtime::Error::msg(format!(
-                "memory limit of {} bytes exceeded (wanted {desired})",
-                self.memory_limit
-            )));
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = desired.saturating_add(self.table_bytes);
+        if total > self.memory_limit {
+            return self.refuse(format!("its linear memory from {current} to {desired} bytes"), total);
         }
+        self.memory_bytes = desired;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let added = desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES as usize);
+        let total = self.memory_bytes.saturating_add(self.table_bytes).saturating_add(added);
+        if total > self.memory_limit {
+            return self.refuse(format!("a table from {current} to {desired} elements"), total);
+        }
+        self.table_bytes += added;
+        Ok(true)
+    }
+
+    fn memories(&self) -> usize {
+        1
     }
 }
 
-/// A validated, compiled plugin module with its limits and init config.
+/// A validated, compiled plugin module with its limits and init config. Holds the
+/// epoch clock, so its time limits hold as long as it exists, and its cache lease.
 pub struct PluginCode {
     name: Arc<str>,
     pre: InstancePre<StoreState>,
@@ -98,23 +145,56 @@ pub struct PluginCode {
     config: Vec<u8>,
     has_init: bool,
     clock: Arc<Clock>,
+    log: Arc<LogBudget>,
+    footprint: super::inspect::Footprint,
+    _lease: Option<Arc<Lease>>,
     /// Whether the compiled code came from the on-disk cache.
     pub cached: bool,
 }
 
 impl PluginCode {
-    /// Compiles (or loads from cache) and validates `wasm`, then instantiates it
-    /// once to check the ABI version and run `oplet_init` with `config`.
+    /// Loads with the default module size and compile budget (`plugin check`,
+    /// tests); the host uses `load_budgeted` with its configured ones.
     pub fn load(runtime: &Runtime, name: &str, wasm: &[u8], limits: Limits, config: &Value) -> Result<PluginCode, LoadError> {
-        let (module, cached) = runtime.compile(wasm).map_err(|e| LoadError::Compile(one_line(&format!("{e:#}"))))?;
+        PluginCode::load_budgeted(runtime, name, wasm, limits, config, &CompileBudget::default())
+    }
+
+    /// Checks the size and the declared memories and tables, compiles (or loads
+    /// from the cache) on the compile pool within `budget`, validates the
+    /// interface, then instantiates once to check the ABI version and run
+    /// `oplet_init` with `config`, all under `limits`.
+    pub fn load_budgeted(
+        runtime: &Runtime,
+        name: &str,
+        wasm: &[u8],
+        limits: Limits,
+        config: &Value,
+        budget: &CompileBudget,
+    ) -> Result<PluginCode, LoadError> {
+        if wasm.len() > budget.module_bytes {
+            return Err(LoadError::TooLarge { size: wasm.len(), limit: budget.module_bytes });
+        }
+        let footprint = super::inspect::inspect(wasm, limits.memory_bytes)?;
+        let (module, cached, lease) = runtime.pool.compile(runtime.compiler(), Arc::from(wasm), budget)?;
         check_interface(&module)?;
         let pre = runtime
             .linker
             .instantiate_pre(&module)
-            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Instantiate(one_line(&format!("{e:#}"))))?;
         let has_init = module.get_export("oplet_init").is_some();
         let config = codec::encode(config).map_err(|e| LoadError::Instantiate(format!("cannot encode config: {e}")))?;
-        let code = PluginCode { name: name.into(), pre, limits, config, has_init, clock: runtime.clock.clone(), cached };
+        let code = PluginCode {
+            name: name.into(),
+            pre,
+            limits,
+            config,
+            has_init,
+            clock: runtime.clock.clone(),
+            log: Arc::new(LogBudget::new(name.into(), limits.log_bytes_per_s)),
+            footprint,
+            _lease: lease,
+            cached,
+        };
         // A probe instance proves the module instantiates, speaks our ABI and
         // accepts its config, before the module may replace a working version.
         code.instantiate().map_err(|e| match e {
@@ -132,33 +212,39 @@ impl PluginCode {
         self.limits
     }
 
+    /// Bytes of linear memory and tables the module declares initially.
+    pub fn initial_bytes(&self) -> u64 {
+        self.footprint.initial_bytes()
+    }
+
     /// A fresh instance: instantiated, ABI version checked, `oplet_init` run.
     pub fn new_instance(&self) -> Result<Instance, CallError> {
         self.instantiate().map_err(|e| match e {
+            LoadErrorOrCall::Load(LoadError::Start(c) | LoadError::Probe(c)) => c,
             LoadErrorOrCall::Load(l) => CallError::Instantiate(l.to_string()),
             LoadErrorOrCall::Call(c) => c,
         })
     }
 
     fn instantiate(&self) -> Result<Instance, LoadErrorOrCall> {
-        // A start function or the version probe may loop too: the clock must run.
+        // A start function or the version probe may loop too: the clock must run,
+        // and each phase gets the whole time budget of one call.
         let _running = self.clock.enter();
         let state = StoreState {
             plugin: self.name.clone(),
             last_error: None,
+            log: self.log.clone(),
             memory_limit: self.limits.memory_bytes,
+            memory_bytes: 0,
+            table_bytes: 0,
             memory_refused: None,
         };
         let mut store = Store::new(self.pre.module().engine(), state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(ticks(self.limits.time_ms));
-        let instance = self.pre.instantiate(&mut store).map_err(|e| {
-            let call = classify(&store, e, self.limits);
-            match call {
-                CallError::OutOfMemory { .. } => LoadErrorOrCall::Call(call),
-                other => LoadErrorOrCall::Load(LoadError::Instantiate(other.to_string())),
-            }
-        })?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| LoadError::Start(classify(&store, e, self.limits)));
+        self.log.report(LOG_REPORT_EVERY);
+        let instance = instance?;
         let get = |name: &'static str| LoadError::MissingExport(name);
         let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| get("memory"))?;
         let version: TypedFunc<(), u32> = instance
@@ -171,20 +257,66 @@ impl PluginCode {
         } else {
             None
         };
-        let found = version.call(&mut store, ()).map_err(|e| LoadErrorOrCall::Call(classify(&store, e, self.limits)))?;
+        store.set_epoch_deadline(ticks(self.limits.time_ms));
+        let found = version.call(&mut store, ()).map_err(|e| LoadError::Probe(classify(&store, e, self.limits)));
+        self.log.report(LOG_REPORT_EVERY);
+        let found = found?;
         if found != ABI_VERSION {
             return Err(LoadErrorOrCall::Load(LoadError::AbiVersion { found, expected: ABI_VERSION }));
         }
         let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, clock: self.clock.clone(), input: Vec::new() };
         if let Some(init) = inst.init.clone() {
             let config = self.config.clone();
-            let reply = inst.call(init, &config).map_err(LoadErrorOrCall::Call)?;
-            if let Reply::Err { message } = reply {
-                return Err(LoadErrorOrCall::Call(CallError::Plugin(message)));
+            match inst.call(init, &config).map_err(LoadErrorOrCall::Call)? {
+                WireReply::Err { message } => {
+                    return Err(LoadErrorOrCall::Call(CallError::Plugin(message.unwrap_or_default())));
+                }
+                WireReply::Ok { .. } => {}
             }
         }
         Ok(inst)
     }
+}
+
+/// How often a plugin's dropped log lines are reported, at most.
+const LOG_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A reply as the host reads it: unknown keys are ignored and a missing key is
+/// nil (so `{"status": "ok"}` has no effects), as docs/abi.md section 6 says of
+/// every map on the boundary.
+#[derive(Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum WireReply {
+    Ok {
+        #[serde(default)]
+        effects: Option<Vec<Effect>>,
+    },
+    Err {
+        #[serde(default)]
+        message: Option<String>,
+    },
+}
+
+/// Decodes exactly one `Reply`: an empty reply and bytes after the value are
+/// errors (a length that does not match the value is a bug in the plugin).
+fn decode_reply(bytes: &[u8]) -> Result<WireReply, CallError> {
+    if bytes.is_empty() {
+        return Err(CallError::BadReply(
+            "the reply is empty (length 0); return the packed pointer and length of a MessagePack map such as {\"status\": \"ok\", \"effects\": []} (docs/abi.md section 7.5)".into(),
+        ));
+    }
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    let reply = WireReply::deserialize(&mut de)
+        .map_err(|e| CallError::BadReply(format!("not a MessagePack Reply: {e} (docs/abi.md section 7.5)")))?;
+    let used = de.position() as usize;
+    if used != bytes.len() {
+        return Err(CallError::BadReply(format!(
+            "{} byte(s) after the Reply (the reply is {used} bytes, the returned length {}); return the length of the reply exactly",
+            bytes.len() - used,
+            bytes.len()
+        )));
+    }
+    Ok(reply)
 }
 
 enum LoadErrorOrCall {
@@ -221,18 +353,36 @@ impl Instance {
         let result = self.call(handle, &input);
         self.input = input;
         match result? {
-            Reply::Ok { effects } => Ok(effects),
-            Reply::Err { message } => Err(CallError::Plugin(message)),
+            WireReply::Ok { effects } => {
+                let effects = effects.unwrap_or_default();
+                if effects.len() > self.limits.effects {
+                    return Err(CallError::TooManyEffects { count: effects.len(), limit: self.limits.effects });
+                }
+                Ok(effects)
+            }
+            WireReply::Err { message } => Err(CallError::Plugin(message.unwrap_or_else(|| "(no message)".into()))),
         }
     }
 
-    fn call(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<Reply, CallError> {
+    fn call(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<WireReply, CallError> {
+        let result = self.call_inner(f, input);
+        self.store.data().log.report(LOG_REPORT_EVERY);
+        result
+    }
+
+    fn call_inner(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<WireReply, CallError> {
         let started = Instant::now();
         let _running = self.clock.enter();
         self.store.set_epoch_deadline(ticks(self.limits.time_ms));
         self.store.data_mut().last_error = None;
         let len = u32::try_from(input.len()).map_err(|_| CallError::BadReply("event larger than 4 GiB".into()))?;
-        let ptr = self.alloc.call(&mut self.store, len).map_err(|e| classify(&self.store, e, self.limits))?;
+        let ptr = self.alloc.call(&mut self.store, len).map_err(|e| {
+            let err = classify(&self.store, e, self.limits);
+            match err {
+                CallError::Trap(msg) => CallError::Trap(format!("in oplet_alloc({len}): {msg}")),
+                other => other,
+            }
+        })?;
         let dst = self
             .memory
             .data_mut(&mut self.store)
@@ -259,7 +409,7 @@ impl Instance {
             .data(&self.store)
             .get(rptr as usize..rptr as usize + rlen)
             .ok_or_else(|| CallError::BadReply(format!("reply at {rptr}+{rlen} lies outside linear memory")))?;
-        codec::decode::<Reply>(bytes).map_err(|e| CallError::BadReply(format!("not a MessagePack Reply: {e}")))
+        decode_reply(bytes)
     }
 }
 
@@ -269,24 +419,30 @@ fn ticks(time_ms: u64) -> u64 {
 }
 
 fn classify(store: &Store<StoreState>, err: wasmtime::Error, limits: Limits) -> CallError {
-    if let Some(wanted) = store.data().memory_refused {
-        return CallError::OutOfMemory { wanted, limit: limits.memory_bytes };
+    if let Some((what, wanted)) = store.data().memory_refused.clone() {
+        return CallError::OutOfMemory { what, wanted, limit: limits.memory_bytes };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::Timeout { budget_ms: limits.time_ms },
         Some(t) => CallError::Trap(t.to_string().trim_start_matches("wasm trap: ").to_string()),
-        None => CallError::Trap(format!("{err:#}")),
+        None => CallError::Trap(one_line(&format!("{err:#}"))),
     }
 }
 
 /// Checks exports and imports against the ABI before anything runs.
 fn check_interface(module: &Module) -> Result<(), LoadError> {
     for import in module.imports() {
-        let ok = import.module() == "oplet"
-            && import.name() == "log"
-            && matches!(import.ty(), ExternType::Func(ref f) if f.params().len() == 3 && f.results().len() == 0);
-        if !ok {
+        if import.module() != "oplet" || import.name() != "log" {
             return Err(LoadError::ForbiddenImport { module: import.module().into(), name: import.name().into() });
+        }
+        let ok = matches!(import.ty(), ExternType::Func(ref f)
+            if f.params().len() == 3 && f.params().all(|p| matches!(p, ValType::I32)) && f.results().len() == 0);
+        if !ok {
+            let found = match import.ty() {
+                ExternType::Func(f) => format!("{f}"),
+                other => format!("{other:?}"),
+            };
+            return Err(LoadError::ImportType { found: one_line(&found) });
         }
     }
     let func = |name: &'static str, params: &[ValType], results: &[ValType], expected: &'static str, required: bool| {
@@ -321,7 +477,3 @@ fn check_interface(module: &Module) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// wasmtime's parse errors span lines (pretty-printed byte arrays); a log line must not.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}

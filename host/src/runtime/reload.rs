@@ -1,11 +1,13 @@
 //! The plugin folder: load every `NAME.wasm` + `NAME.toml`, and keep watching.
 //!
 //! A change is loaded after `debounce_ms` of quiet, compiled and validated off the
-//! event path, then swapped in atomically. A version that fails validation is
+//! event path and off this thread (each load on its own thread, `loader`), then
+//! swapped in atomically when its load finishes. A version that fails validation is
 //! refused with a log line naming the file and the cause, and the version already
 //! running keeps serving. Deploy by writing elsewhere and renaming into place.
 
-use super::{Limits, PluginCode, Runtime};
+use super::loader::{Loaded, Loader};
+use super::{CompileBudget, Limits, PluginCode, Runtime};
 use crate::config::Config;
 use crate::manifest::Manifest;
 use crate::router::Registry;
@@ -13,6 +15,8 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,17 +58,45 @@ impl PluginFiles {
                 self.name
             );
         }
-        let limits = Limits::resolve(&manifest.limits, &config.limits);
-        let code = PluginCode::load(runtime, &manifest.name, &self.wasm, limits, &manifest.config_value())
+        let limits = Limits::resolve(&manifest.limits, &config.limits)
+            .map_err(|e| anyhow::anyhow!("manifest {}: {e}", self.manifest_path.display()))?;
+        let budget = CompileBudget::from_ceilings(&config.limits);
+        let code = PluginCode::load_budgeted(runtime, &manifest.name, &self.wasm, limits, &manifest.config_value(), &budget)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.wasm_path.display()))?;
         Ok((code, manifest))
     }
 }
 
+/// The plugin folder must be a readable folder; the error says which of those it
+/// is not, and what to do.
+pub fn check_plugin_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(dir).map(|_| ()).map_err(|e| {
+            anyhow::anyhow!("plugin folder {} cannot be read: {e}; give the host's user read access to it", dir.display())
+        }),
+        Ok(_) => anyhow::bail!(
+            "plugin folder {} is a file, not a folder; point [plugins] dir (OPLET__PLUGINS__DIR) at the folder that holds NAME.wasm + NAME.toml pairs",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "plugin folder {} does not exist; create it or set [plugins] dir (OPLET__PLUGINS__DIR)",
+            dir.display()
+        ),
+        Err(e) => anyhow::bail!("plugin folder {} cannot be read: {e}", dir.display()),
+    }
+}
+
 pub struct PluginDir {
     dir: PathBuf,
-    runtime: Arc<Runtime>,
     config: Arc<Config>,
+    loader: Loader,
+    /// Digest of the files being loaded now, by plugin: a finished load is
+    /// installed only if it is still the latest version of a file still there.
+    pending: BTreeMap<String, String>,
+    wake_tx: Sender<Wake>,
+    wake_rx: Receiver<Wake>,
+    /// Set when the watch guard drops: the watch thread ends.
+    stop: Arc<AtomicBool>,
     registry: Arc<Registry>,
     /// Digest of the files of each loaded plugin, and of each refused attempt, so
     /// the same bad files are not reported again on every scan.
@@ -75,11 +107,27 @@ pub struct PluginDir {
 impl PluginDir {
     pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, registry: Arc<Registry>) -> PluginDir {
         let dir = config.plugins.dir.clone();
-        PluginDir { dir, runtime, config, registry, loaded: BTreeMap::new(), refused: BTreeMap::new() }
+        let (wake_tx, wake_rx) = channel();
+        let loader = Loader::new(runtime, config.clone(), wake_tx.clone());
+        PluginDir {
+            dir,
+            config,
+            loader,
+            pending: BTreeMap::new(),
+            wake_tx,
+            wake_rx,
+            stop: Arc::new(AtomicBool::new(false)),
+            registry,
+            loaded: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        }
     }
 
-    /// Brings the registry in step with the folder. Returns how many plugins changed.
+    /// Brings the registry in step with the folder: installs the loads that have
+    /// finished, unloads removed plugins, and starts loading new or changed files.
+    /// Returns how many plugins changed now.
     pub fn scan(&mut self) -> usize {
+        let mut changed = self.install_finished();
         let mut present = BTreeMap::new();
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
@@ -96,10 +144,9 @@ impl PluginDir {
             }
             Err(e) => {
                 tracing::error!(dir = %self.dir.display(), "cannot read plugin folder: {e}");
-                return 0;
+                return changed;
             }
         }
-        let mut changed = 0;
         let gone: Vec<String> = self.loaded.keys().filter(|n| !present.contains_key(*n)).cloned().collect();
         for name in gone {
             self.loaded.remove(&name);
@@ -109,8 +156,20 @@ impl PluginDir {
             }
         }
         self.refused.retain(|n, _| present.contains_key(n));
+        self.pending.retain(|n, _| present.contains_key(n));
         for (name, wasm_path) in present {
             let manifest_path = wasm_path.with_extension("toml");
+            // A module past the size limit is refused before it is read into memory.
+            let limit = CompileBudget::from_ceilings(&self.config.limits).module_bytes;
+            if let Ok(meta) = std::fs::metadata(&wasm_path) {
+                let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+                if size > limit {
+                    let stamp = format!("size:{size}:{:?}", meta.modified().ok());
+                    let why = super::LoadError::TooLarge { size, limit };
+                    self.refuse(&name, stamp, &format!("{}: {why}", wasm_path.display()));
+                    continue;
+                }
+            }
             let files = match PluginFiles::read(&wasm_path, &manifest_path) {
                 Ok(f) => f,
                 Err(e) => {
@@ -119,33 +178,85 @@ impl PluginDir {
                 }
             };
             let digest = files.digest();
-            if self.loaded.get(&name) == Some(&digest) || self.refused.get(&name) == Some(&digest) {
+            if self.loaded.get(&name) == Some(&digest)
+                || self.refused.get(&name) == Some(&digest)
+                || self.pending.get(&name) == Some(&digest)
+            {
                 continue;
             }
-            let started = Instant::now();
-            match files.load(&self.runtime, &self.config) {
-                Ok((code, manifest)) => {
-                    let caps = self.config.effective_capabilities(&manifest.name, &manifest.capabilities);
-                    warn_ungranted(&manifest, &caps);
-                    let replaced = self.loaded.contains_key(&name);
-                    tracing::info!(
-                        plugin = %name,
-                        version = %manifest.version,
-                        digest = %digest,
-                        cached = code.cached,
-                        ms = started.elapsed().as_millis() as u64,
-                        "plugin {}",
-                        if replaced { "reloaded" } else { "loaded" }
-                    );
-                    self.registry.install(code, manifest, caps, digest.clone());
-                    self.loaded.insert(name.clone(), digest);
-                    self.refused.remove(&name);
-                    changed += 1;
-                }
-                Err(e) => self.refuse(&name, digest, &format!("{e:#}")),
-            }
+            self.pending.insert(name.clone(), digest.clone());
+            self.loader.start(name, digest, files);
         }
         changed
+    }
+
+    /// Installs (or refuses) every load that has finished. Returns how many
+    /// plugins changed.
+    fn install_finished(&mut self) -> usize {
+        let mut changed = 0;
+        while let Some(done) = self.loader.try_next() {
+            changed += self.finish(done);
+        }
+        changed
+    }
+
+    /// Installs a finished load if it is still wanted (its file is there and no
+    /// newer version was started since). Returns 1 if a plugin changed.
+    fn finish(&mut self, done: Loaded) -> usize {
+        let Loaded { name, digest, result, ms } = done;
+        if self.pending.get(&name) != Some(&digest) {
+            tracing::debug!(plugin = %name, digest = %digest, "dropping a finished load: a newer version was started, or the file is gone");
+            return 0;
+        }
+        self.pending.remove(&name);
+        match result {
+            Ok((code, manifest)) => {
+                let caps = self.config.effective_capabilities(&manifest.name, &manifest.capabilities);
+                warn_ungranted(&manifest, &caps);
+                let replaced = self.loaded.contains_key(&name);
+                tracing::info!(
+                    plugin = %name,
+                    version = %manifest.version,
+                    digest = %digest,
+                    cached = code.cached,
+                    ms,
+                    "plugin {}",
+                    if replaced { "reloaded" } else { "loaded" }
+                );
+                self.registry.install(code, manifest, caps, digest.clone());
+                self.loaded.insert(name.clone(), digest);
+                self.refused.remove(&name);
+                1
+            }
+            Err(e) => {
+                self.refuse(&name, digest, &format!("{e:#}"));
+                0
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the loads in progress, installing each as it
+    /// finishes. Returns the plugins still loading (they are installed later by
+    /// the watch thread).
+    pub fn settle(&mut self, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        while !self.pending.is_empty() {
+            match self.loader.next_until(deadline) {
+                Some(done) => {
+                    self.finish(done);
+                }
+                None => break,
+            }
+        }
+        self.pending.keys().cloned().collect()
+    }
+
+    /// Names of the plugins in the folder now (`NAME.wasm`), loaded or not.
+    pub fn names_in_folder(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.loaded.keys().chain(self.refused.keys()).chain(self.pending.keys()).cloned().collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn refuse(&mut self, name: &str, digest: String, why: &str) {
@@ -160,32 +271,75 @@ impl PluginDir {
         self.refused.insert(name.to_string(), digest);
     }
 
-    /// Watches the folder and rescans after each burst of changes. Runs until the
-    /// returned guard is dropped.
-    pub fn watch(mut self) -> anyhow::Result<WatchGuard> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let _ = tx.send(res.is_ok());
-        })?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(|e| anyhow::anyhow!("cannot watch plugin folder {}: {e}", self.dir.display()))?;
+    /// Watches the folder and rescans after each burst of changes (and after each
+    /// finished load). Runs until the returned guard is dropped. With `watch_files`
+    /// false, only installs the loads still in progress.
+    pub fn watch(self) -> anyhow::Result<WatchGuard> {
+        self.watch_with(true)
+    }
+
+    pub fn watch_with(mut self, watch_files: bool) -> anyhow::Result<WatchGuard> {
+        let watcher = if watch_files {
+            let tx = self.wake_tx.clone();
+            let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    let _ = tx.send(Wake::Files);
+                }
+            })?;
+            watcher
+                .watch(&self.dir, RecursiveMode::NonRecursive)
+                .map_err(|e| anyhow::anyhow!("cannot watch plugin folder {}: {e}", self.dir.display()))?;
+            Some(watcher)
+        } else {
+            None
+        };
         let debounce = Duration::from_millis(self.config.plugins.debounce_ms);
+        let (stop, wake) = (self.stop.clone(), self.wake_tx.clone());
         let thread = std::thread::Builder::new().name("oplet-reload".into()).spawn(move || {
-            while rx.recv().is_ok() {
-                // Wait for a quiet moment: a file still being written keeps firing.
-                while rx.recv_timeout(debounce).is_ok() {}
-                self.scan();
+            while let Ok(wake) = self.wake_rx.recv() {
+                if self.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if wake == Wake::Files {
+                    // Wait for a quiet moment: a file still being written keeps
+                    // firing. A load that finishes meanwhile is installed at once.
+                    while let Ok(w) = self.wake_rx.recv_timeout(debounce) {
+                        if w == Wake::Loaded {
+                            self.install_finished();
+                        }
+                    }
+                    if watch_files {
+                        self.scan();
+                    }
+                }
+                self.install_finished();
             }
         })?;
-        Ok(WatchGuard { _watcher: watcher, _thread: thread })
+        Ok(WatchGuard { _watcher: watcher, _thread: thread, stop, wake })
     }
+}
+
+/// What wakes the watch thread: a change in the folder (debounced), or a load
+/// that finished (installed at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Files,
+    Loaded,
 }
 
 /// Keeps the folder watch alive.
 pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
     _thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    wake: Sender<Wake>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.wake.send(Wake::Files);
+    }
 }
 
 fn warn_ungranted(manifest: &Manifest, granted: &crate::manifest::Capabilities) {

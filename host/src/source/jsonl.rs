@@ -23,8 +23,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, BufReade
 /// How many leading bytes of the file identify it (fewer while it is shorter).
 const HEAD_MAX: u64 = 64 * 1024;
 
+/// Unknown keys are ignored and a missing one is nil, the rule for every map on
+/// the plugin boundary (docs/abi.md section 6).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Line {
     #[serde(default)]
     #[allow(dead_code)]
