@@ -87,19 +87,25 @@ impl Plugin for PgSync {
         match (change.op, change.full_document) {
             ("insert" | "update" | "replace", Some(doc)) => {
                 // The document is turned into an owned value once, whatever the
-                // number of tables: it is the biggest thing a plugin holds.
-                let whole = match tables.iter().any(|t| t.document_column.is_some()) {
-                    true => Some(doc.to_value()?),
-                    false => None,
+                // number of tables, and moved into the last row that takes it: it
+                // is the biggest thing a plugin holds (a 16 MB document is held as
+                // input, row and reply, never more).
+                let takers = tables.iter().filter(|t| t.document_column.is_some()).count();
+                let mut whole = match takers {
+                    0 => None,
+                    _ => Some(doc.to_value()?),
                 };
+                let mut taken = 0;
                 for t in &tables {
                     let mut values = Map::new();
                     for (path, column) in &t.columns {
                         let v = doc.get(path).map(|v| v.to_value()).transpose()?;
                         values.insert(column.clone(), v.unwrap_or_default());
                     }
-                    if let (Some(column), Some(whole)) = (&t.document_column, &whole) {
-                        values.insert(column.clone(), whole.clone());
+                    if let Some(column) = &t.document_column {
+                        taken += 1;
+                        let v = if taken == takers { whole.take() } else { whole.clone() };
+                        values.insert(column.clone(), v.unwrap_or_default());
                     }
                     values.insert(t.key_column.clone(), id.clone());
                     effects.push(t.upsert(values));
