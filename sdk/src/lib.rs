@@ -36,7 +36,7 @@
 //! The ABI itself (exports, imports, memory ownership, MessagePack schemas) is
 //! documented in `docs/abi.md` so plugins can be written in any language.
 //!
-//! Plugin state: a plugin may keep state in statics between calls, but the host
+//! Plugin state: a `Plugin` keeps state in `self` between calls, but the host
 //! replaces an instance that trapped, ran out of time or memory, and loads a new
 //! instance on every hot reload: that state is then gone. Keep durable state in
 //! effects (a database row, a cache key), not in memory.
