@@ -100,7 +100,6 @@ pub(crate) fn head(bytes: &[u8]) -> Result<Head, RawError> {
 /// Length of the header plus body of a scalar, or of the header alone of a
 /// container (whose `n` children follow).
 fn scalar_len(bytes: &[u8], h: Head) -> (usize, u64) {
-    let _ = bytes;
     match h {
         Head::Nil | Head::Bool(_) => (1, 0),
         Head::Int(_) | Head::BigUint(_) => (int_len(bytes[0]), 0),
@@ -213,8 +212,8 @@ impl<'a> RawValue<'a> {
         }
     }
 
-    /// A MessagePack `bin`, borrowed; or the decoded bytes of a `{"$binary": ...}`
-    /// wrapper are not returned here (see [`Value::as_binary`] on the owned value).
+    /// A MessagePack `bin`, borrowed. (The host sends BSON binary as the
+    /// `{"$binary": ...}` wrapper instead: [`Value::as_binary`] decodes that.)
     pub fn as_bytes(&self) -> Option<&'a [u8]> {
         match self.head() {
             Head::Bin(off, len) => Some(&self.bytes[off..off + len]),
@@ -309,10 +308,11 @@ impl<'a> RawValue<'a> {
     /// As [`Value::to_key_string`]: text for building keys.
     pub fn to_key_string(&self) -> String {
         match self.head() {
-            Head::Str(..) => match self.as_str() {
-                Some(s) => return s.to_string(),
-                None => {}
-            },
+            Head::Str(..) => {
+                if let Some(s) = self.as_str() {
+                    return s.to_string();
+                }
+            }
             Head::Int(i) => return i.to_string(),
             Head::Bool(b) => return b.to_string(),
             Head::Nil => return "null".to_string(),
