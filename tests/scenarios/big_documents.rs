@@ -44,6 +44,7 @@ fn plugin_test(name: &str, line: &str) -> Value {
     let out = Command::new(oplet_bin())
         .args(["plugin", "test"])
         .arg(wasm_plugins().path(name))
+        .arg("--events")
         .arg(&events)
         .arg("--manifest")
         .arg(&manifest)
