@@ -38,12 +38,57 @@ pub enum Effect {
     Log { level: LogLevel, message: String },
 }
 
+/// A serializable row as a map of columns, or an error naming what it was.
+fn row(what: &str, value: &impl Serialize) -> crate::Result<Map> {
+    match crate::to_value(value)? {
+        Value::Map(m) => Ok(m),
+        other => Err(crate::Error::new(format!("{what} must serialize to a map of columns, not {}", other.to_json()))),
+    }
+}
+
+/// Constructors: each takes the author's own serde types for rows, records and
+/// payloads (a `#[derive(Serialize)]` struct, a `RawValue` borrowed from the
+/// event, a `Value`), so no plugin builds `Map`s by hand.
 impl Effect {
+    pub fn log(level: LogLevel, message: impl Into<String>) -> Effect {
+        Effect::Log { level, message: message.into() }
+    }
+
     pub fn log_info(message: impl Into<String>) -> Effect {
-        Effect::Log {
-            level: LogLevel::Info,
-            message: message.into(),
-        }
+        Effect::log(LogLevel::Info, message)
+    }
+
+    pub fn log_warn(message: impl Into<String>) -> Effect {
+        Effect::log(LogLevel::Warn, message)
+    }
+
+    /// Insert or update one row of `table`, matched on the `key` columns; `row`
+    /// (a struct or map) holds every column to write, key columns included.
+    pub fn row_upsert<K, S>(table: impl Into<String>, key: K, row: &impl Serialize) -> crate::Result<Effect>
+    where
+        K: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Ok(Effect::RowUpsert {
+            table: table.into(),
+            key: key.into_iter().map(Into::into).collect(),
+            values: self::row("row_upsert row", row)?,
+        })
+    }
+
+    /// Delete the rows of `table` whose columns equal `key` (a struct or map).
+    pub fn row_delete(table: impl Into<String>, key: &impl Serialize) -> crate::Result<Effect> {
+        Ok(Effect::RowDelete { table: table.into(), key: self::row("row_delete key", key)? })
+    }
+
+    /// One audit record (any serializable value).
+    pub fn audit(record: &impl Serialize) -> crate::Result<Effect> {
+        Ok(Effect::Audit { record: crate::to_value(record)? })
+    }
+
+    /// A Socket.IO event to a client or a room, with any serializable payload.
+    pub fn emit(to: EmitTarget, event: impl Into<String>, payload: &impl Serialize) -> crate::Result<Effect> {
+        Ok(Effect::Emit { to, event: event.into(), payload: crate::to_value(payload)? })
     }
 
     pub fn cache_delete<I, S>(keys: I) -> Effect
@@ -92,6 +137,16 @@ pub enum CapabilityKind {
 pub enum EmitTarget {
     Client(String),
     Room(String),
+}
+
+impl EmitTarget {
+    pub fn client(id: impl Into<String>) -> EmitTarget {
+        EmitTarget::Client(id.into())
+    }
+
+    pub fn room(name: impl Into<String>) -> EmitTarget {
+        EmitTarget::Room(name.into())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,32 +5,58 @@
 //! decodes the [`Reply`]. The same types are compiled into the host and the guest,
 //! so the two sides cannot drift apart; [`ABI_VERSION`] is checked at load.
 //!
-//! Writing a plugin (built for `wasm32-unknown-unknown`):
+//! Writing a plugin (built for `wasm32-unknown-unknown`): a type with a config
+//! read through serde, handed each event as a borrowed, lazily read [`EventView`]:
 //!
 //! ```ignore
-//! use oplet_sdk::{handler, Effect, Event, Result};
+//! use oplet_sdk::{Effect, EventView, Plugin, Result};
 //!
-//! #[handler]
-//! fn handle(event: &Event) -> Result<Vec<Effect>> {
-//!     Ok(vec![Effect::log_info(format!("saw event {}", event.seq))])
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config { prefix: String }
+//!
+//! struct Invalidate { config: Config }
+//!
+//! impl Plugin for Invalidate {
+//!     type Config = Config;
+//!     fn new(config: Config) -> Result<Self> { Ok(Invalidate { config }) }
+//!     fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
+//!         let Some(change) = event.change() else { return Ok(vec![]) };
+//!         let Some(id) = change.id() else { return Ok(vec![]) };
+//!         Ok(vec![Effect::cache_delete([format!("{}{}", self.config.prefix, id.to_key_string())])])
+//!     }
 //! }
+//! oplet_sdk::export_plugin!(Invalidate);
 //! ```
+//!
+//! A plain function works too: `#[handler] fn handle(event: &EventView) -> ...`
+//! (lazy) or `#[handler] fn handle(event: &Event) -> ...` (the whole event
+//! decoded into owned values first), with an optional `#[init] fn(&Value)`.
 //!
 //! The ABI itself (exports, imports, memory ownership, MessagePack schemas) is
 //! documented in `docs/abi.md` so plugins can be written in any language.
 //!
-//! Plugin state: a plugin may keep state in statics between calls, but the host
+//! Plugin state: a `Plugin` keeps state in `self` between calls, but the host
 //! replaces an instance that trapped, ran out of time or memory, and loads a new
 //! instance on every hot reload: that state is then gone. Keep durable state in
 //! effects (a database row, a cache key), not in memory.
 
+mod base64;
+mod de;
 mod effect;
 mod event;
+mod plugin;
+mod raw;
 mod value;
+mod view;
 
+pub use de::{from_value, to_value, DeError};
 pub use effect::{CapabilityKind, Effect, EmitTarget, LogLevel};
 pub use event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
+pub use plugin::Plugin;
+pub use raw::{RawArray, RawError, RawMap, RawValue};
 pub use value::{Map, Value};
+pub use view::{BodyView, ChangeView, EventView, SocketView};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,13 +74,19 @@ pub enum Reply {
     Err { message: String },
 }
 
-/// An error a plugin reports for one event.
+/// An error a plugin reports for one event (or its init): the host dead-letters
+/// the event with this message. Any `std::error::Error` converts with `?`; use
+/// [`Context`] to add what was being done, or to turn a `None` into an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error(pub String);
 
 impl Error {
     pub fn new(message: impl Into<String>) -> Self {
         Error(message.into())
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0
     }
 }
 
@@ -69,6 +101,31 @@ impl<E: std::error::Error> From<E> for Error {
         Error(e.to_string())
     }
 }
+
+/// Adds what was being done to an error, or turns a `None` into one:
+/// `change.id().context("the change has no _id")?`.
+pub trait Context<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| Error(format!("{what}: {e}")))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.ok_or_else(|| Error(what.to_string()))
+    }
+}
+
+/// The bytes of `{"status": "ok", "effects": []}` (docs/abi.md §9), sent from a
+/// static by the guest glue when a call asks for nothing.
+#[doc(hidden)]
+pub const EMPTY_OK_REPLY: &[u8] = &[
+    0x82, 0xa6, b's', b't', b'a', b't', b'u', b's', 0xa2, b'o', b'k', 0xa7, b'e', b'f', b'f', b'e', b'c', b't', b's', 0x90,
+];
 
 /// The result type of plugin functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -131,6 +131,26 @@ impl Value {
         }
     }
 
+    /// Bytes as the extended-JSON wrapper `{"$binary": {"base64", "subType"}}`
+    /// (docs/abi.md §7.4), the shape the host sends BSON binary in.
+    pub fn binary(bytes: &[u8], subtype: u8) -> Value {
+        let mut inner = Map::new();
+        inner.insert("base64".into(), Value::String(crate::base64::encode(bytes)));
+        inner.insert("subType".into(), Value::String(format!("{subtype:02x}")));
+        let mut m = Map::new();
+        m.insert("$binary".into(), Value::Map(inner));
+        Value::Map(m)
+    }
+
+    /// The bytes and subtype of a `{"$binary": ...}` wrapper (as the host sends
+    /// BSON binary, and as a MessagePack `bin` reads); `None` for anything else.
+    pub fn as_binary(&self) -> Option<(Vec<u8>, u8)> {
+        let inner = self.as_map().filter(|m| m.len() == 1)?.get("$binary")?;
+        let bytes = crate::base64::decode(inner.get("base64")?.as_str()?)?;
+        let subtype = u8::from_str_radix(inner.get("subType")?.as_str()?, 16).ok()?;
+        Some((bytes, subtype))
+    }
+
     /// Compact JSON text of the value (extended-JSON wrappers kept as maps).
     pub fn to_json(&self) -> String {
         let mut out = String::new();
@@ -311,8 +331,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_string<E>(self, s: String) -> Result<Value, E> {
         Ok(Value::String(s))
     }
+    /// A MessagePack `bin` reads as the same `{"$binary": ...}` wrapper the host
+    /// uses for BSON binary (subtype `00`), so one shape means bytes everywhere.
     fn visit_bytes<E>(self, b: &[u8]) -> Result<Value, E> {
-        Ok(Value::Array(b.iter().map(|x| Value::Int(*x as i64)).collect()))
+        Ok(Value::binary(b, 0))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
@@ -364,6 +386,16 @@ mod tests {
         let mut m = Map::new();
         m.insert("$oid".into(), "65a1".into());
         assert_eq!(Value::Map(m).to_key_string(), "65a1");
+    }
+
+    #[test]
+    fn a_messagepack_bin_reads_as_a_binary_wrapper_and_back_to_bytes() {
+        let mut bytes = Vec::new();
+        rmp::encode::write_bin(&mut bytes, &[0, 1, 2, 255]).unwrap();
+        let v: Value = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(v, Value::binary(&[0, 1, 2, 255], 0));
+        assert_eq!(v.as_binary(), Some((vec![0, 1, 2, 255], 0)));
+        assert_eq!(v.get("$binary").and_then(|b| b.get("base64")), Some(&Value::from("AAEC/w==")));
     }
 
     #[test]

@@ -412,6 +412,11 @@ fn the_worked_example_of_the_abi_doc() {
 }
 
 #[test]
+fn the_guests_static_empty_reply_is_the_encoded_empty_reply() {
+    assert_eq!(oplet_sdk::EMPTY_OK_REPLY, codec::encode(&Reply::Ok { effects: vec![] }).unwrap().as_slice());
+}
+
+#[test]
 fn integers_take_their_smallest_encoding_and_floats_are_float64() {
     assert_eq!(hex(&codec::encode(&Value::Int(5)).unwrap()), "05");
     assert_eq!(hex(&codec::encode(&Value::Int(-1)).unwrap()), "ff");
@@ -421,8 +426,12 @@ fn integers_take_their_smallest_encoding_and_floats_are_float64() {
     // Readers must accept any width: a float32 or a uint64 past i64 still decode.
     assert_eq!(codec::decode::<Value>(&[0xca, 0x3f, 0xc0, 0, 0]).unwrap(), Value::Float(1.5));
     assert_eq!(codec::decode::<Value>(&[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap(), Value::Float(u64::MAX as f64));
-    // MessagePack bin arrives in a Value as an array of byte values.
-    assert_eq!(codec::decode::<Value>(&[0xc4, 2, 1, 2]).unwrap(), Value::from(vec![1, 2]));
+    // MessagePack bin arrives in a Value as the `$binary` wrapper (subtype 00),
+    // the shape BSON binary has: bytes read one way whoever wrote them.
+    assert_eq!(
+        codec::decode::<Value>(&[0xc4, 2, 1, 2]).unwrap(),
+        vmap(&[("$binary", vmap(&[("base64", "AQI=".into()), ("subType", "00".into())]))])
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! shape the host reads, and the plugin does with them what the README promises:
 //! the two payments are audited, everything else is a log line.
 
-use oplet_sdk::{Effect, Event, EventBody, Value};
+use oplet_sdk::{Effect, Event, EventBody, Plugin, Value};
 
 fn samples() -> Vec<Event> {
     let text = include_str!("../events.jsonl");
@@ -31,8 +31,9 @@ fn every_line_is_an_event_with_increasing_seq() {
 #[test]
 fn the_two_payments_are_audited_and_the_rest_logged() {
     let mut audited = Vec::new();
+    let mut plugin = hello::Hello::from_config(&Value::Map(Default::default())).unwrap();
     for e in samples() {
-        match hello::handle(&e).unwrap().as_slice() {
+        match plugin.handle_event(&e).unwrap().as_slice() {
             [Effect::Audit { record }] => audited.push((e.seq, record.get("total").cloned())),
             [Effect::Log { .. }] => {}
             other => panic!("event {}: unexpected effects {other:?}", e.seq),

@@ -2,41 +2,42 @@
 //!
 //! Each configured rule maps a namespace (and optionally operation types) to key
 //! templates such as `model:{_id}` or `user:{uuid}:profile`; the keys of every
-//! matching rule go out as one cache delete per event.
+//! matching rule go out as one cache delete per event. Only the fields a template
+//! names are read from the event, in place.
 
-use oplet_sdk::{handler, init, namespace_matches, Change, Effect, Error, Event, EventBody, LogLevel, OperationType, Result, Value};
-use std::cell::RefCell;
+use oplet_sdk::{ChangeView, Effect, Error, EventView, LogLevel, OperationType, Plugin, RawValue, Result};
+use serde::Deserialize;
 
-thread_local! {
-    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
-}
+oplet_sdk::export_plugin!(CacheInvalidate);
 
-#[init]
-pub fn setup(config: &Value) -> Result<()> {
-    let config = Config::from_value(config)?;
-    if config.rules.is_empty() {
-        oplet_sdk::log(LogLevel::Warn, "cache-invalidate has no [[config.rules]]: it will delete nothing");
-    }
-    CONFIG.with(|c| *c.borrow_mut() = config);
-    Ok(())
-}
-
-#[handler]
-pub fn handle(event: &Event) -> Result<Vec<Effect>> {
-    Ok(CONFIG.with(|c| c.borrow().effects(event)))
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The manifest's `[config]`: `[[config.rules]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
-    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `db.coll`, `db.*` or `*`.
+    pub namespace: String,
+    /// Operation types this rule applies to; empty means all.
+    #[serde(default)]
+    pub operations: Vec<String>,
+    pub keys: Vec<String>,
+}
+
+pub struct CacheInvalidate {
+    rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    /// `db.coll`, `db.*` or `*`.
     pub namespace: String,
-    /// Operation types this rule applies to; empty means all.
-    pub operations: Vec<OperationType>,
+    /// Operation type names, normalized; empty means all.
+    pub operations: Vec<String>,
     pub keys: Vec<Template>,
 }
 
@@ -53,21 +54,21 @@ enum Part {
     Field(String),
 }
 
-impl Config {
-    pub fn from_value(config: &Value) -> Result<Config> {
-        let rules = match config.get("rules") {
-            None | Some(Value::Null) => return Ok(Config::default()),
-            Some(Value::Array(rules)) => rules,
-            Some(_) => return Err(Error::new("config.rules must be a list of [[config.rules]] tables")),
-        };
-        let rules = rules.iter().enumerate().map(|(i, r)| Rule::from_value(i, r)).collect::<Result<_>>()?;
-        Ok(Config { rules })
+impl Plugin for CacheInvalidate {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self> {
+        let rules = config.rules.iter().enumerate().map(|(i, r)| Rule::new(i, r)).collect::<Result<Vec<_>>>()?;
+        if rules.is_empty() {
+            oplet_sdk::log(LogLevel::Warn, "cache-invalidate has no [[config.rules]]: it will delete nothing");
+        }
+        Ok(CacheInvalidate { rules })
     }
 
     /// One cache delete with every key of every matching rule (deduplicated, in
     /// rule order), then a warning for each key that could not be built.
-    pub fn effects(&self, event: &Event) -> Vec<Effect> {
-        let EventBody::Change(change) = &event.body else { return vec![] };
+    fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
+        let Some(change) = event.change() else { return Ok(vec![]) };
         let mut keys: Vec<String> = Vec::new();
         let mut warnings = Vec::new();
         for rule in self.rules.iter().filter(|r| r.applies_to(change)) {
@@ -94,58 +95,42 @@ impl Config {
             effects.push(Effect::CacheDelete { keys });
         }
         effects.extend(warnings);
-        effects
+        Ok(effects)
     }
 }
 
-fn hint(change: &Change) -> &'static str {
-    match (&change.op, &change.full_document) {
-        (OperationType::Update, None) => " (no full document: set fullDocument \"updateLookup\" on the watch)",
-        (OperationType::Delete, _) if change.before.is_none() => {
-            " (a delete carries only _id unless pre-images are enabled)"
-        }
+fn hint(change: &ChangeView) -> &'static str {
+    match (change.op, &change.full_document) {
+        ("update", None) => " (no full document: set fullDocument \"updateLookup\" on the watch)",
+        ("delete", _) if change.before.is_none() => " (a delete carries only _id unless pre-images are enabled)",
         _ => "",
     }
 }
 
 impl Rule {
-    fn from_value(i: usize, rule: &Value) -> Result<Rule> {
+    fn new(i: usize, rule: &RuleConfig) -> Result<Rule> {
         let at = |key: &str| format!("config.rules[{i}].{key}");
-        let namespace = rule
-            .get("namespace")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::new(format!("{} must be a string like \"db.coll\" or \"db.*\"", at("namespace"))))?;
+        let namespace = &rule.namespace;
         if namespace != "*" && !namespace.contains('.') {
-            return Err(Error::new(format!(
-                "{} {namespace:?} must be \"db.coll\", \"db.*\" or \"*\"",
-                at("namespace")
-            )));
+            return Err(Error::new(format!("{} {namespace:?} must be \"db.coll\", \"db.*\" or \"*\"", at("namespace"))));
         }
-        let operations = match rule.get("operations") {
-            None => vec![],
-            Some(v) => {
-                strings(v).ok_or_else(|| Error::new(format!("{} must be a list of strings", at("operations"))))?
-            }
-        };
+        if rule.keys.is_empty() {
+            return Err(Error::new(format!("{} must be a non-empty list of key templates", at("keys"))));
+        }
         let keys = rule
-            .get("keys")
-            .and_then(strings)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| Error::new(format!("{} must be a non-empty list of key templates", at("keys"))))?;
-        let keys = keys
+            .keys
             .iter()
             .map(|k| Template::parse(k).map_err(|e| Error::new(format!("{}: {e}", at("keys")))))
             .collect::<Result<_>>()?;
         Ok(Rule {
-            namespace: namespace.to_string(),
-            operations: operations.iter().map(|o| OperationType::parse(o)).collect(),
+            namespace: namespace.clone(),
+            operations: rule.operations.iter().map(|o| OperationType::parse(o).as_str().to_string()).collect(),
             keys,
         })
     }
 
-    pub fn applies_to(&self, change: &Change) -> bool {
-        namespace_matches(&self.namespace, &change.db, &change.coll)
-            && (self.operations.is_empty() || self.operations.contains(&change.op))
+    pub fn applies_to(&self, change: &ChangeView) -> bool {
+        change.in_namespace(&self.namespace) && (self.operations.is_empty() || self.operations.iter().any(|o| o == change.op))
     }
 }
 
@@ -175,13 +160,16 @@ impl Template {
     }
 
     /// The key for this change, or the name of the first field it lacks.
-    pub fn render(&self, change: &Change) -> std::result::Result<String, String> {
+    pub fn render(&self, change: &ChangeView) -> std::result::Result<String, String> {
         let mut key = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => key.push_str(t),
                 Part::Field(f) => match lookup(change, f) {
-                    Some(v) => key.push_str(&v.to_key_string()),
+                    Some(v) => match v.as_str() {
+                        Some(s) => key.push_str(s),
+                        None => key.push_str(&v.to_key_string()),
+                    },
                     None => return Err(f.clone()),
                 },
             }
@@ -193,23 +181,19 @@ impl Template {
 /// `{_id}` is the document key's `_id`; any other field comes from the document
 /// after the change, then the updated fields, then the pre-image (for deletes).
 /// A null counts as missing: a key like `user:null` would never be the real one.
-fn lookup<'a>(change: &'a Change, field: &str) -> Option<&'a Value> {
+fn lookup<'a>(change: &ChangeView<'a>, field: &str) -> Option<RawValue<'a>> {
     let found = if field == "_id" {
         change.id()
     } else {
-        change.field(field).or_else(|| change.before.as_ref().and_then(|b| b.get_path(field)))
+        change.field(field).or_else(|| change.before.and_then(|b| b.get(field)))
     };
     found.filter(|v| !v.is_null())
-}
-
-fn strings(v: &Value) -> Option<Vec<String>> {
-    v.as_array()?.iter().map(|s| s.as_str().map(str::to_string)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oplet_sdk::Map;
+    use oplet_sdk::{Change, Event, EventBody, Map, Value};
 
     fn map(pairs: &[(&str, Value)]) -> Value {
         Value::Map(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
@@ -219,7 +203,7 @@ mod tests {
         map(&[("$oid", hex.into())])
     }
 
-    fn config() -> Config {
+    fn config() -> CacheInvalidate {
         let rule = |ns: &str, ops: &[&str], keys: &[&str]| {
             let mut r = vec![("namespace", Value::from(ns)), ("keys", Value::from(keys.to_vec()))];
             if !ops.is_empty() {
@@ -227,7 +211,7 @@ mod tests {
             }
             map(&r)
         };
-        Config::from_value(&map(&[(
+        CacheInvalidate::from_config(&map(&[(
             "rules",
             Value::Array(vec![
                 rule("app.models", &[], &["model:{_id}"]),
@@ -236,6 +220,10 @@ mod tests {
             ]),
         )]))
         .unwrap()
+    }
+
+    fn run(e: &Event) -> Vec<Effect> {
+        config().handle_event(e).unwrap()
     }
 
     fn event(op: OperationType, coll: &str, full: Option<Value>, updated: Option<Map>) -> Event {
@@ -253,24 +241,24 @@ mod tests {
 
     #[test]
     fn an_object_id_fills_the_key_as_its_hex() {
-        let effects = config().effects(&event(OperationType::Insert, "models", None, None));
+        let effects = run(&event(OperationType::Insert, "models", None, None));
         assert_eq!(effects, vec![Effect::cache_delete(["model:65a1f0c2e4b0a1b2c3d4e5f6"])]);
     }
 
     #[test]
     fn fields_come_from_the_full_document_or_the_updated_fields() {
         let full = map(&[("uuid", "u-7".into())]);
-        let effects = config().effects(&event(OperationType::Replace, "users", Some(full), None));
+        let effects = run(&event(OperationType::Replace, "users", Some(full), None));
         assert_eq!(effects, vec![Effect::cache_delete(["user:u-7:profile", "user:65a1f0c2e4b0a1b2c3d4e5f6"])]);
 
         let updated: Map = [("uuid".to_string(), Value::from("u-8"))].into_iter().collect();
-        let effects = config().effects(&event(OperationType::Update, "users", None, Some(updated)));
+        let effects = run(&event(OperationType::Update, "users", None, Some(updated)));
         assert_eq!(effects[0], Effect::cache_delete(["user:u-8:profile", "user:65a1f0c2e4b0a1b2c3d4e5f6"]));
     }
 
     #[test]
     fn a_key_with_a_missing_field_is_skipped_with_a_warning_naming_template_and_field() {
-        let effects = config().effects(&event(OperationType::Update, "users", None, Some(Map::new())));
+        let effects = run(&event(OperationType::Update, "users", None, Some(Map::new())));
         assert_eq!(effects[0], Effect::cache_delete(["user:65a1f0c2e4b0a1b2c3d4e5f6"]));
         let Effect::Log { level, message } = &effects[1] else { panic!("{effects:?}") };
         assert_eq!(*level, LogLevel::Warn);
@@ -280,11 +268,11 @@ mod tests {
 
     #[test]
     fn operations_filter_rules_and_keys_of_all_matching_rules_are_deduplicated() {
-        let effects = config().effects(&event(OperationType::Delete, "models", None, None));
+        let effects = run(&event(OperationType::Delete, "models", None, None));
         let id = "65a1f0c2e4b0a1b2c3d4e5f6";
         assert_eq!(effects, vec![Effect::cache_delete([format!("model:{id}"), format!("any:{id}")])]);
-        assert_eq!(config().effects(&event(OperationType::Insert, "users", None, None)), vec![]);
-        assert_eq!(config().effects(&event(OperationType::Insert, "other", None, None)), vec![]);
+        assert_eq!(run(&event(OperationType::Insert, "users", None, None)), vec![]);
+        assert_eq!(run(&event(OperationType::Insert, "other", None, None)), vec![]);
     }
 
     #[test]
@@ -292,8 +280,9 @@ mod tests {
         let t = Template::parse("org:{org.id}:user:{_id}").unwrap();
         let full = map(&[("org", map(&[("id", Value::Int(42))]))]);
         let e = event(OperationType::Insert, "x", Some(full), None);
-        let EventBody::Change(change) = &e.body else { unreachable!() };
-        assert_eq!(t.render(change), Ok("org:42:user:65a1f0c2e4b0a1b2c3d4e5f6".into()));
+        let bytes = oplet_sdk::codec::encode(&e).unwrap();
+        let view = EventView::parse(&bytes).unwrap();
+        assert_eq!(t.render(view.change().unwrap()), Ok("org:42:user:65a1f0c2e4b0a1b2c3d4e5f6".into()));
         assert!(Template::parse("user:{uuid").is_err());
         assert!(Template::parse("user:{}").is_err());
         assert!(Template::parse("user:}x").is_err());
@@ -302,12 +291,15 @@ mod tests {
     #[test]
     fn a_config_mistake_names_the_key() {
         let bad = map(&[("rules", Value::Array(vec![map(&[("namespace", "app.users".into())])]))]);
-        let err = Config::from_value(&bad).unwrap_err().to_string();
+        let err = CacheInvalidate::from_config(&bad).err().unwrap().to_string();
         assert!(err.contains("config.rules[0].keys"), "{err}");
         let bad = map(&[(
             "rules",
             Value::Array(vec![map(&[("namespace", "users".into()), ("keys", Value::from(vec!["k"]))])]),
         )]);
-        assert!(Config::from_value(&bad).unwrap_err().to_string().contains("config.rules[0].namespace"));
+        assert!(CacheInvalidate::from_config(&bad).err().unwrap().to_string().contains("config.rules[0].namespace"));
+        let typo = map(&[("rules", Value::Array(vec![map(&[("namespace", "a.b".into()), ("key", Value::from(vec!["k"]))])]))]);
+        let err = CacheInvalidate::from_config(&typo).err().unwrap().to_string();
+        assert!(err.starts_with("config.rules[0].key: is not a known key"), "{err}");
     }
 }

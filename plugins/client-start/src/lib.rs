@@ -4,30 +4,14 @@
 //! gets a truthy flag, that client is sent `start_client` with its uuid and key.
 //! At-least-once (see the manifest): a client must treat a repeated start as a no-op.
 
-use oplet_sdk::{handler, init, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
-use std::cell::RefCell;
+use oplet_sdk::{ChangeView, Effect, Error, EventView, LogLevel, Map, Plugin, RawValue, Result, Value};
+use serde::Deserialize;
 use std::collections::HashMap;
 
-thread_local! {
-    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
-    /// What this instance has seen of each client document, by documentKey. Lost
-    /// when the instance is replaced; see `Clients::fires`.
-    static CLIENTS: RefCell<Clients> = RefCell::new(Clients::default());
-}
+oplet_sdk::export_plugin!(ClientStart);
 
-#[init]
-pub fn setup(config: &Value) -> Result<()> {
-    let config = Config::from_value(config)?;
-    CONFIG.with(|c| *c.borrow_mut() = config);
-    Ok(())
-}
-
-#[handler]
-pub fn handle(event: &Event) -> Result<Vec<Effect>> {
-    Ok(CONFIG.with(|c| CLIENTS.with(|s| s.borrow_mut().effects(&c.borrow(), event))))
-}
-
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub namespace: String,
     pub flag_field: String,
@@ -48,29 +32,6 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn from_value(config: &Value) -> Result<Config> {
-        let mut out = Config::default();
-        for (name, slot) in [
-            ("namespace", &mut out.namespace),
-            ("flag_field", &mut out.flag_field),
-            ("client_field", &mut out.client_field),
-            ("key_field", &mut out.key_field),
-            ("event", &mut out.event),
-        ] {
-            match config.get(name) {
-                None => {}
-                Some(Value::String(s)) if !s.is_empty() => *slot = s.clone(),
-                Some(_) => return Err(Error::new(format!("config.{name} must be a non-empty string"))),
-            }
-        }
-        if !out.namespace.contains('.') {
-            return Err(Error::new(format!("config.namespace {:?} must be \"db.coll\"", out.namespace)));
-        }
-        Ok(out)
-    }
-}
-
 /// The last thing seen of one client document.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Seen {
@@ -79,28 +40,51 @@ struct Seen {
     key: Option<Value>,
 }
 
-#[derive(Debug, Default)]
-pub struct Clients {
+/// The plugin: its config, and what this instance has seen of each client
+/// document, by documentKey. The memory is lost when the instance is replaced;
+/// see `fires`.
+#[derive(Debug)]
+pub struct ClientStart {
+    config: Config,
     seen: HashMap<String, Seen>,
 }
 
-impl Clients {
-    pub fn effects(&mut self, config: &Config, event: &Event) -> Vec<Effect> {
-        let EventBody::Change(change) = &event.body else { return vec![] };
-        match change.op {
-            OperationType::Drop | OperationType::DropDatabase | OperationType::Rename | OperationType::Invalidate => {
-                self.seen.clear();
-                return vec![];
+impl Plugin for ClientStart {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self> {
+        for (name, v) in [
+            ("namespace", &config.namespace),
+            ("flag_field", &config.flag_field),
+            ("client_field", &config.client_field),
+            ("key_field", &config.key_field),
+            ("event", &config.event),
+        ] {
+            if v.is_empty() {
+                return Err(Error::new(format!("config.{name} must be a non-empty string")));
             }
-            _ => {}
         }
-        if change.namespace() != config.namespace {
-            return vec![];
+        if !config.namespace.contains('.') {
+            return Err(Error::new(format!("config.namespace {:?} must be \"db.coll\"", config.namespace)));
         }
-        let doc_key = change.key.to_json();
-        if change.op == OperationType::Delete {
+        Ok(ClientStart { config, seen: HashMap::new() })
+    }
+
+    fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
+        let Some(change) = event.change() else { return Ok(vec![]) };
+        let config = &self.config;
+        if matches!(change.op, "drop" | "dropDatabase" | "rename" | "invalidate") {
+            self.seen.clear();
+            return Ok(vec![]);
+        }
+        // Exactly this collection (no patterns), compared without building "db.coll".
+        if config.namespace.split_once('.') != Some((change.db, change.coll)) {
+            return Ok(vec![]);
+        }
+        let doc_key = change.key.to_value()?.to_json();
+        if change.op == "delete" {
             self.seen.remove(&doc_key);
-            return vec![];
+            return Ok(vec![]);
         }
         let seen = self.seen.entry(doc_key).or_default();
         let now = flag_now(change, &config.flag_field);
@@ -112,31 +96,31 @@ impl Clients {
             seen.client = Some(client.to_key_string());
         }
         if let Some(key) = field(change, &config.key_field) {
-            seen.key = Some(key.clone());
+            seen.key = Some(key.to_value()?);
         }
         if !fire {
-            return vec![];
+            return Ok(vec![]);
         }
         let Some(client) = seen.client.clone() else {
-            return vec![Effect::Log {
+            return Ok(vec![Effect::Log {
                 level: LogLevel::Warn,
                 message: format!(
                     "client-start: {} of {} {} (event {}) turned {:?} true, but field {:?} naming the client is not in \
                      the change and was not seen before; no {:?} sent (enable fullDocument \"updateLookup\")",
                     change.op,
                     change.namespace(),
-                    change.key.to_json(),
+                    change.key.to_value()?.to_json(),
                     event.id,
                     config.flag_field,
                     config.client_field,
                     config.event,
                 ),
-            }];
+            }]);
         };
         let mut payload = Map::new();
         payload.insert("uuid".into(), client.clone().into());
         payload.insert("key".into(), seen.key.clone().unwrap_or_default());
-        vec![Effect::emit_to_client(client, config.event.clone(), Value::Map(payload))]
+        Ok(vec![Effect::emit_to_client(client, config.event.clone(), Value::Map(payload))])
     }
 }
 
@@ -144,8 +128,8 @@ impl Clients {
 /// itself; otherwise the flag's previous value is what this instance last saw,
 /// and an unknown one counts as off: after the instance is replaced, a flag that
 /// is still on fires once more (at-least-once).
-fn fires(change: &Change, flag_field: &str, now: Option<bool>, last_seen: Option<bool>) -> bool {
-    if change.op == OperationType::Insert {
+fn fires(change: &ChangeView, flag_field: &str, now: Option<bool>, last_seen: Option<bool>) -> bool {
+    if change.op == "insert" {
         return now == Some(true);
     }
     if let Some(set) = change.updated(flag_field) {
@@ -155,19 +139,18 @@ fn fires(change: &Change, flag_field: &str, now: Option<bool>, last_seen: Option
 }
 
 /// The flag after the change, if the change says.
-fn flag_now(change: &Change, flag_field: &str) -> Option<bool> {
+fn flag_now(change: &ChangeView, flag_field: &str) -> Option<bool> {
     if let Some(v) = field(change, flag_field) {
         return Some(v.is_truthy());
     }
-    let removed = change.removed_fields.iter().flatten().any(|r| r == flag_field);
     // A full document without the flag means the flag is off.
-    (removed || change.full_document.is_some()).then_some(false)
+    (change.removed(flag_field) || change.full_document.is_some()).then_some(false)
 }
 
 /// A field after the change: from the full document, else the updated fields.
-fn field<'a>(change: &'a Change, path: &str) -> Option<&'a Value> {
-    match &change.full_document {
-        Some(doc) => doc.get_path(path),
+fn field<'a>(change: &ChangeView<'a>, path: &str) -> Option<RawValue<'a>> {
+    match change.full_document {
+        Some(doc) => doc.get(path),
         None => change.updated(path),
     }
 }
@@ -175,6 +158,7 @@ fn field<'a>(change: &'a Change, path: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oplet_sdk::{Change, Event, EventBody, OperationType};
 
     fn map(pairs: &[(&str, Value)]) -> Value {
         Value::Map(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
@@ -198,9 +182,13 @@ mod tests {
         Some(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
     }
 
-    fn run(clients: &mut Clients, change: Change) -> Vec<Effect> {
+    fn run(clients: &mut ClientStart, change: Change) -> Vec<Effect> {
         let e = Event { seq: 1, id: "tok".into(), source: "mongo".into(), time_ms: 0, body: EventBody::Change(change) };
-        clients.effects(&Config::default(), &e)
+        clients.handle_event(&e).unwrap()
+    }
+
+    fn fresh() -> ClientStart {
+        ClientStart::new(Config::default()).unwrap()
     }
 
     fn start() -> Vec<Effect> {
@@ -211,12 +199,12 @@ mod tests {
     fn an_insert_with_the_flag_on_starts_the_client() {
         let mut c = change(OperationType::Insert, 1);
         c.full_document = doc(true.into());
-        assert_eq!(run(&mut Clients::default(), c), start());
+        assert_eq!(run(&mut fresh(), c), start());
     }
 
     #[test]
     fn an_update_that_sets_the_flag_starts_the_client_even_without_full_document_if_seen_before() {
-        let mut clients = Clients::default();
+        let mut clients = fresh();
         let mut insert = change(OperationType::Insert, 1);
         insert.full_document = doc(false.into());
         assert!(run(&mut clients, insert).is_empty());
@@ -227,7 +215,7 @@ mod tests {
 
     #[test]
     fn an_update_of_other_fields_does_not_start_a_client_already_seen_on() {
-        let mut clients = Clients::default();
+        let mut clients = fresh();
         let mut on = change(OperationType::Update, 1);
         on.full_document = doc(true.into());
         on.updated_fields = set(&[("connection", true.into())]);
@@ -237,12 +225,12 @@ mod tests {
         other.updated_fields = set(&[("last_seen", Value::Int(5))]);
         assert!(run(&mut clients, other.clone()).is_empty());
         // A fresh instance has not seen the flag: it fires once more (at-least-once).
-        assert_eq!(run(&mut Clients::default(), other), start());
+        assert_eq!(run(&mut fresh(), other), start());
     }
 
     #[test]
     fn a_replace_fires_only_on_a_transition_seen_by_this_instance() {
-        let mut clients = Clients::default();
+        let mut clients = fresh();
         let replace = |flag: bool| {
             let mut c = change(OperationType::Replace, 1);
             c.full_document = doc(flag.into());
@@ -258,14 +246,14 @@ mod tests {
     fn an_unknown_client_is_a_warning_not_an_emit() {
         let mut c = change(OperationType::Update, 2);
         c.updated_fields = set(&[("connection", true.into())]);
-        let effects = run(&mut Clients::default(), c);
+        let effects = run(&mut fresh(), c);
         let [Effect::Log { level: LogLevel::Warn, message }] = effects.as_slice() else { panic!("{effects:?}") };
         assert!(message.contains("\"uuid\""), "{message}");
     }
 
     #[test]
     fn a_delete_forgets_the_client() {
-        let mut clients = Clients::default();
+        let mut clients = fresh();
         let mut insert = change(OperationType::Insert, 1);
         insert.full_document = doc(false.into());
         run(&mut clients, insert);
@@ -278,12 +266,12 @@ mod tests {
         let mut c = change(OperationType::Insert, 1);
         c.coll = "users".into();
         c.full_document = doc(true.into());
-        assert!(run(&mut Clients::default(), c).is_empty());
-        assert!(Config::from_value(&map(&[("namespace", "clients".into())])).is_err());
-        let custom = Config::from_value(&map(&[("flag_field", "online".into()), ("event", "go".into())])).unwrap();
-        assert_eq!(
-            (custom.flag_field.as_str(), custom.event.as_str(), custom.client_field.as_str()),
-            ("online", "go", "uuid")
-        );
+        assert!(run(&mut fresh(), c).is_empty());
+        assert!(ClientStart::from_config(&map(&[("namespace", "clients".into())])).is_err());
+        let custom = ClientStart::from_config(&map(&[("flag_field", "online".into()), ("event", "go".into())])).unwrap();
+        let c = &custom.config;
+        assert_eq!((c.flag_field.as_str(), c.event.as_str(), c.client_field.as_str()), ("online", "go", "uuid"));
+        let err = ClientStart::from_config(&map(&[("flag_field", Value::Int(1))])).err().unwrap().to_string();
+        assert!(err.starts_with("config.flag_field: invalid type"), "{err}");
     }
 }

@@ -4,79 +4,117 @@
 //! become a row upsert keyed by `_id` (mapped fields in their own columns, the
 //! whole document in a jsonb column); deletes become a row delete.
 
-use oplet_sdk::{handler, init, namespace_matches, Change, Effect, Error, Event, EventBody, LogLevel, Map, OperationType, Result, Value};
-use std::cell::RefCell;
+use oplet_sdk::{ChangeView, Effect, Error, EventView, LogLevel, Map, Plugin, Result, Value};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 
-thread_local! {
-    static CONFIG: RefCell<Config> = RefCell::new(Config::default());
-}
+oplet_sdk::export_plugin!(PgSync);
 
-#[init]
-pub fn setup(config: &Value) -> Result<()> {
-    let config = Config::from_value(config)?;
-    if config.tables.is_empty() {
-        oplet_sdk::log(LogLevel::Warn, "pg-sync has no [[config.tables]]: it will write nothing");
-    }
-    CONFIG.with(|c| *c.borrow_mut() = config);
-    Ok(())
-}
-
-#[handler]
-pub fn handle(event: &Event) -> Result<Vec<Effect>> {
-    Ok(CONFIG.with(|c| c.borrow().effects(event)))
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The manifest's `[config]`: `[[config.tables]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
-    pub tables: Vec<Table>,
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Table {
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
     /// `db.coll` or `db.*`.
     pub namespace: String,
     pub table: String,
     /// Receives the document's `_id` as text.
+    #[serde(default = "default_key_column")]
     pub key_column: String,
-    /// Receives the whole document (jsonb); `None` when disabled with `""`.
-    pub document_column: Option<String>,
+    /// Receives the whole document (jsonb); `""` disables it.
+    #[serde(default = "default_document_column")]
+    pub document_column: String,
     /// Document field path -> column name.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+fn default_key_column() -> String {
+    "id".into()
+}
+
+fn default_document_column() -> String {
+    "doc".into()
+}
+
+pub struct PgSync {
+    tables: Vec<Table>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub namespace: String,
+    pub table: String,
+    pub key_column: String,
+    /// `None` when disabled with `""`.
+    pub document_column: Option<String>,
     pub columns: Vec<(String, String)>,
 }
 
-impl Config {
-    pub fn from_value(config: &Value) -> Result<Config> {
-        let tables = match config.get("tables") {
-            None | Some(Value::Null) => return Ok(Config::default()),
-            Some(Value::Array(t)) => t,
-            Some(_) => return Err(Error::new("config.tables must be a list of [[config.tables]] tables")),
-        };
-        let tables = tables.iter().enumerate().map(|(i, t)| Table::from_value(i, t)).collect::<Result<_>>()?;
-        Ok(Config { tables })
+impl Plugin for PgSync {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self> {
+        let tables = config.tables.into_iter().enumerate().map(|(i, t)| Table::new(i, t)).collect::<Result<Vec<_>>>()?;
+        if tables.is_empty() {
+            oplet_sdk::log(LogLevel::Warn, "pg-sync has no [[config.tables]]: it will write nothing");
+        }
+        Ok(PgSync { tables })
     }
 
-    pub fn effects(&self, event: &Event) -> Vec<Effect> {
-        let EventBody::Change(change) = &event.body else { return vec![] };
-        let tables: Vec<&Table> = self.tables.iter().filter(|t| namespace_matches(&t.namespace, &change.db, &change.coll)).collect();
+    fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
+        let Some(change) = event.change() else { return Ok(vec![]) };
+        let tables: Vec<&Table> = self.tables.iter().filter(|t| change.in_namespace(&t.namespace)).collect();
         if tables.is_empty() {
-            return vec![];
+            return Ok(vec![]);
         }
         let Some(id) = change.id().filter(|v| !v.is_null()) else {
-            return vec![warn(format!(
+            return Ok(vec![warn(format!(
                 "pg-sync: {} {} (event {}) has no documentKey._id; nothing written",
                 change.op,
                 change.namespace(),
                 event.id
-            ))];
+            ))]);
         };
         let id = Value::String(id.to_key_string());
         let mut effects = Vec::new();
-        match (&change.op, &change.full_document) {
-            (OperationType::Insert | OperationType::Update | OperationType::Replace, Some(doc)) => {
-                effects.extend(tables.iter().map(|t| t.upsert_document(&id, doc)));
+        match (change.op, change.full_document) {
+            ("insert" | "update" | "replace", Some(doc)) => {
+                // The document is turned into an owned value once, whatever the
+                // number of tables, and moved into the last row that takes it: it
+                // is the biggest thing a plugin holds (a 16 MB document is held as
+                // input, row and reply, never more).
+                let takers = tables.iter().filter(|t| t.document_column.is_some()).count();
+                let mut whole = match takers {
+                    0 => None,
+                    _ => Some(doc.to_value()?),
+                };
+                let mut taken = 0;
+                for t in &tables {
+                    let mut values = Map::new();
+                    for (path, column) in &t.columns {
+                        let v = doc.get(path).map(|v| v.to_value()).transpose()?;
+                        values.insert(column.clone(), v.unwrap_or_default());
+                    }
+                    if let Some(column) = &t.document_column {
+                        taken += 1;
+                        let v = if taken == takers { whole.take() } else { whole.clone() };
+                        values.insert(column.clone(), v.unwrap_or_default());
+                    }
+                    values.insert(t.key_column.clone(), id.clone());
+                    effects.push(t.upsert(values));
+                }
             }
-            (OperationType::Update, None) => {
-                effects.extend(tables.iter().filter_map(|t| t.upsert_updated_fields(&id, change)));
+            ("update", None) => {
+                for t in &tables {
+                    effects.extend(t.upsert_updated_fields(&id, change)?);
+                }
                 effects.push(warn(format!(
                     "pg-sync: update of {} {} (event {}) came without its full document, so only the changed \
                      mapped columns were written and the document column was not; enable fullDocument \
@@ -86,10 +124,10 @@ impl Config {
                     event.id
                 )));
             }
-            (OperationType::Delete, _) => {
+            ("delete", _) => {
                 effects.extend(tables.iter().map(|t| t.delete(&id)));
             }
-            (op @ (OperationType::Insert | OperationType::Replace), None) => effects.push(warn(format!(
+            (op @ ("insert" | "replace"), None) => effects.push(warn(format!(
                 "pg-sync: {op} of {} {} (event {}) came without a document; nothing written",
                 change.namespace(),
                 id.to_key_string(),
@@ -97,7 +135,7 @@ impl Config {
             ))),
             _ => {}
         }
-        effects
+        Ok(effects)
     }
 }
 
@@ -106,76 +144,45 @@ fn warn(message: String) -> Effect {
 }
 
 impl Table {
-    fn from_value(i: usize, t: &Value) -> Result<Table> {
+    fn new(i: usize, t: TableConfig) -> Result<Table> {
         let at = |key: &str| format!("config.tables[{i}].{key}");
-        let string = |key: &str| -> Result<Option<String>> {
-            match t.get(key) {
-                None => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(Error::new(format!("{} must be a string", at(key)))),
-            }
-        };
-        let namespace = string("namespace")?
-            .ok_or_else(|| Error::new(format!("{} is required (\"db.coll\" or \"db.*\")", at("namespace"))))?;
-        if !namespace.contains('.') {
-            return Err(Error::new(format!("{} {namespace:?} must be \"db.coll\" or \"db.*\"", at("namespace"))));
+        if !t.namespace.contains('.') {
+            return Err(Error::new(format!("{} {:?} must be \"db.coll\" or \"db.*\"", at("namespace"), t.namespace)));
         }
-        let table = string("table")?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| Error::new(format!("{} is required", at("table"))))?;
-        let key_column = string("key_column")?.unwrap_or_else(|| "id".into());
-        if key_column.is_empty() {
+        if t.table.is_empty() {
+            return Err(Error::new(format!("{} is required", at("table"))));
+        }
+        if t.key_column.is_empty() {
             return Err(Error::new(format!("{} must not be empty", at("key_column"))));
         }
-        let document_column = match string("document_column")? {
-            None => Some("doc".to_string()),
-            Some(s) if s.is_empty() => None,
-            Some(s) => Some(s),
-        };
-        let columns = match t.get("columns") {
-            None => vec![],
-            Some(Value::Map(m)) => m
-                .iter()
-                .map(|(path, col)| match col.as_str() {
-                    Some(c) if !c.is_empty() => Ok((path.clone(), c.to_string())),
-                    _ => Err(Error::new(format!("{}.{path:?} must be a column name", at("columns")))),
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => Err(Error::new(format!("{} must be a table of field path = column name", at("columns"))))?,
-        };
-        Ok(Table { namespace, table, key_column, document_column, columns })
-    }
-
-    /// The whole row from the document after the change: a mapped field the
-    /// document lacks is written as NULL, so the row matches the document.
-    fn upsert_document(&self, id: &Value, doc: &Value) -> Effect {
-        let mut values = Map::new();
-        for (path, column) in &self.columns {
-            values.insert(column.clone(), doc.get_path(path).cloned().unwrap_or_default());
+        if let Some((path, _)) = t.columns.iter().find(|(_, c)| c.is_empty()) {
+            return Err(Error::new(format!("{}.{path:?} must be a column name", at("columns"))));
         }
-        if let Some(column) = &self.document_column {
-            values.insert(column.clone(), doc.clone());
-        }
-        values.insert(self.key_column.clone(), id.clone());
-        self.upsert(values)
+        Ok(Table {
+            namespace: t.namespace,
+            table: t.table,
+            key_column: t.key_column,
+            document_column: Some(t.document_column).filter(|c| !c.is_empty()),
+            columns: t.columns.into_iter().collect(),
+        })
     }
 
     /// Only the mapped columns this update touched: set fields with their value,
     /// removed fields as NULL. Nothing when the update touched none of them.
-    fn upsert_updated_fields(&self, id: &Value, change: &Change) -> Option<Effect> {
+    fn upsert_updated_fields(&self, id: &Value, change: &ChangeView) -> Result<Option<Effect>> {
         let mut values = Map::new();
         for (path, column) in &self.columns {
             if let Some(v) = change.updated(path) {
-                values.insert(column.clone(), v.clone());
+                values.insert(column.clone(), v.to_value()?);
             } else if was_removed(change, path) {
                 values.insert(column.clone(), Value::Null);
             }
         }
         if values.is_empty() {
-            return None;
+            return Ok(None);
         }
         values.insert(self.key_column.clone(), id.clone());
-        Some(self.upsert(values))
+        Ok(Some(self.upsert(values)))
     }
 
     fn upsert(&self, values: Map) -> Effect {
@@ -189,17 +196,19 @@ impl Table {
 }
 
 /// Whether `removedFields` lists the path or one of its parents.
-fn was_removed(change: &Change, path: &str) -> bool {
+fn was_removed(change: &ChangeView, path: &str) -> bool {
     change
         .removed_fields
-        .iter()
+        .into_iter()
         .flatten()
-        .any(|r| path == r || path.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('.')))
+        .filter_map(|r| r.as_str())
+        .any(|r| path == r || path.strip_prefix(r).is_some_and(|rest| rest.starts_with('.')))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oplet_sdk::{Change, Event, EventBody, OperationType};
 
     fn map(pairs: &[(&str, Value)]) -> Value {
         Value::Map(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
@@ -209,8 +218,8 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 
-    fn config() -> Config {
-        Config::from_value(&map(&[(
+    fn config() -> PgSync {
+        PgSync::from_config(&map(&[(
             "tables",
             Value::Array(vec![
                 map(&[
@@ -255,7 +264,7 @@ mod tests {
     #[test]
     fn an_insert_upserts_the_whole_row_in_every_table_of_the_namespace() {
         let doc = map(&[("_id", map(&[("$oid", ID.into())])), ("email", "a@x.io".into())]);
-        let effects = config().effects(&event(OperationType::Insert, Some(doc.clone())));
+        let effects = config().handle_event(&event(OperationType::Insert, Some(doc.clone()))).unwrap();
         assert_eq!(
             effects,
             vec![
@@ -285,7 +294,7 @@ mod tests {
             fields(&[("profile", map(&[("name", "Ada".into())])), ("age", Value::Int(3))]),
             vec!["email"],
         );
-        let effects = config().effects(&e);
+        let effects = config().handle_event(&e).unwrap();
         assert_eq!(
             effects[..2],
             [
@@ -309,13 +318,13 @@ mod tests {
     #[test]
     fn an_update_touching_no_mapped_column_writes_nothing_but_still_warns() {
         let e = with_update(event(OperationType::Update, None), fields(&[("age", Value::Int(3))]), vec![]);
-        let effects = config().effects(&e);
+        let effects = config().handle_event(&e).unwrap();
         assert!(matches!(effects.as_slice(), [Effect::Log { level: LogLevel::Warn, .. }]), "{effects:?}");
     }
 
     #[test]
     fn a_delete_deletes_by_key_column() {
-        let effects = config().effects(&event(OperationType::Delete, None));
+        let effects = config().handle_event(&event(OperationType::Delete, None)).unwrap();
         assert_eq!(
             effects,
             vec![
@@ -331,8 +340,8 @@ mod tests {
         if let EventBody::Change(c) = &mut e.body {
             c.coll = "orders".into();
         }
-        assert!(config().effects(&e).is_empty());
+        assert!(config().handle_event(&e).unwrap().is_empty());
         let bad = map(&[("tables", Value::Array(vec![map(&[("namespace", "app.users".into())])]))]);
-        assert!(Config::from_value(&bad).unwrap_err().to_string().contains("config.tables[0].table"));
+        assert!(PgSync::from_config(&bad).err().unwrap().to_string().contains("config.tables[0].table"));
     }
 }

@@ -1,0 +1,232 @@
+//! The author's API: the lazy `EventView` over the encoded bytes (header, dotted
+//! paths, borrowed strings, serde into the author's types, owned conversion), the
+//! `Plugin` trait with a serde config, the effect constructors and the error type.
+
+use oplet_sdk::{
+    codec, BodyView, Change, Context, Effect, EmitTarget, Error, Event, EventBody, EventView, Map, OperationType, Plugin,
+    RawValue, Result, SocketEvent, Value,
+};
+use serde::{Deserialize, Serialize};
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+fn order_event() -> Event {
+    let doc = json(
+        r#"{"_id":{"$oid":"65a1f0c2e4b0a1b2c3d4e5f6"},"status":"paid","total":{"$numberDecimal":"12.50"},
+            "items":[{"sku":"A1","qty":2},{"sku":"B2","qty":1}],"customer":{"name":"Ada","tags":["vip"]},
+            "a.b":"dotted key","":"empty key"}"#,
+    );
+    let change = Change {
+        op: OperationType::Update,
+        db: "app".into(),
+        coll: "orders".into(),
+        key: json(r#"{"_id":{"$oid":"65a1f0c2e4b0a1b2c3d4e5f6"}}"#),
+        full_document: Some(doc),
+        updated_fields: Some(json(r#"{"status":"paid","customer.name":"Ada"}"#).as_map().unwrap().clone()),
+        removed_fields: Some(vec!["note".into()]),
+        before: None,
+    };
+    Event { seq: 42, id: "tok-42".into(), source: "mongo".into(), time_ms: -1, body: EventBody::Change(change) }
+}
+
+#[test]
+fn the_header_and_fields_read_in_place() {
+    let bytes = codec::encode(&order_event()).unwrap();
+    let view = EventView::parse(&bytes).unwrap();
+    assert_eq!((view.seq, view.id, view.source, view.time_ms), (42, "tok-42", "mongo", -1));
+    let c = view.change().unwrap();
+    assert_eq!((c.op, c.db, c.coll, c.namespace().as_str()), ("update", "app", "orders", "app.orders"));
+    assert!(c.in_namespace("app.*") && !c.in_namespace("shop.*"));
+    assert_eq!(c.id().unwrap().to_key_string(), "65a1f0c2e4b0a1b2c3d4e5f6");
+    let doc = c.full_document.unwrap();
+    let status = doc.get("status").unwrap().as_str().unwrap();
+    // Borrowed: the &str points into the input bytes.
+    let range = bytes.as_ptr_range();
+    assert!(range.contains(&status.as_ptr()));
+    assert_eq!(doc.get("items.1.sku").and_then(|v| v.as_str()), Some("B2"));
+    assert_eq!(doc.get("items.1.qty").and_then(|v| v.as_i64()), Some(1));
+    assert_eq!(doc.get("customer.tags.0").and_then(|v| v.as_str()), Some("vip"));
+    assert_eq!(doc.get_key("a.b").and_then(|v| v.as_str()), Some("dotted key"));
+    assert_eq!(doc.get_key("").and_then(|v| v.as_str()), Some("empty key"));
+    assert_eq!(doc.get("total").unwrap().to_key_string(), "12.50");
+    assert!(doc.get("items.2").is_none() && doc.get("nope").is_none() && doc.get("status.x").is_none());
+    assert_eq!(c.updated("customer.name").and_then(|v| v.as_str()), Some("Ada"));
+    assert!(c.removed("note") && !c.removed("status"));
+    let keys: Vec<&str> = doc.as_map().unwrap().keys().collect();
+    assert_eq!(keys, ["", "_id", "a.b", "customer", "items", "status", "total"]);
+}
+
+#[test]
+fn the_view_converts_to_the_owned_event_and_to_the_authors_types() {
+    let event = order_event();
+    let bytes = codec::encode(&event).unwrap();
+    let view = EventView::parse(&bytes).unwrap();
+    assert_eq!(view.to_event().unwrap(), event);
+    assert_eq!(view.body.to_body().unwrap(), event.body);
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Item<'a> {
+        sku: &'a str,
+        qty: u32,
+    }
+    #[derive(Deserialize, Debug)]
+    struct Order<'a> {
+        status: &'a str,
+        #[serde(borrow)]
+        items: Vec<Item<'a>>,
+        total: Value,
+    }
+    let c = view.change().unwrap();
+    let order: Order = c.document_as().unwrap().unwrap();
+    assert_eq!(order.status, "paid");
+    assert_eq!(order.items, vec![Item { sku: "A1", qty: 2 }, Item { sku: "B2", qty: 1 }]);
+    assert_eq!(order.total, json(r#"{"$numberDecimal":"12.50"}"#));
+    let bad: std::result::Result<Item, _> = c.full_document.unwrap().deserialize();
+    assert!(bad.is_err(), "an order is not an item");
+}
+
+#[test]
+fn a_socket_event_and_an_unknown_kind_are_read_too() {
+    let s = SocketEvent { client: "c1".into(), event: "ready".into(), payload: json(r#"{"n":[1,2]}"#) };
+    let e = Event { seq: 1, id: "1".into(), source: "socket".into(), time_ms: 0, body: EventBody::Socket(s) };
+    let bytes = codec::encode(&e).unwrap();
+    let view = EventView::parse(&bytes).unwrap();
+    let s = view.socket().unwrap();
+    assert_eq!((s.client, s.event), ("c1", "ready"));
+    assert_eq!(s.payload.get("n.1").and_then(|v| v.as_i64()), Some(2));
+
+    let mut raw = Vec::new();
+    codec::encode_into(
+        &mut raw,
+        &json(r#"{"seq":1,"id":"x","source":"s","time_ms":0,"body":{"kind":"timer","data":{"every":5}},"new_field":1}"#),
+    )
+    .unwrap();
+    let view = EventView::parse(&raw).unwrap();
+    assert!(matches!(view.body, BodyView::Other("timer")));
+}
+
+#[test]
+fn a_broken_event_is_an_error_naming_what_is_wrong() {
+    let bytes = codec::encode(&order_event()).unwrap();
+    for n in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(EventView::parse(&bytes[..n]).is_err(), "cut at {n}");
+    }
+    let mut no_seq = Vec::new();
+    codec::encode_into(&mut no_seq, &json(r#"{"id":"x","source":"s","time_ms":0,"body":{"kind":"x"}}"#)).unwrap();
+    assert_eq!(EventView::parse(&no_seq).unwrap_err().to_string(), "the event has no field seq");
+    let mut bad_op = Vec::new();
+    codec::encode_into(
+        &mut bad_op,
+        &json(r#"{"seq":1,"id":"x","source":"s","time_ms":0,"body":{"kind":"change","data":{"op":1,"db":"d","coll":"c"}}}"#),
+    )
+    .unwrap();
+    assert_eq!(EventView::parse(&bad_op).unwrap_err().to_string(), "event field change.op is not a string");
+}
+
+#[test]
+fn raw_values_reemit_through_serde_without_a_tree() {
+    let v = json(r#"{"a":[1,-2,2.5,"s",null,true,{"b":{}}]}"#);
+    let bytes = codec::encode(&v).unwrap();
+    let raw = RawValue::parse(&bytes).unwrap();
+    assert_eq!(codec::encode(&raw).unwrap(), bytes, "byte for byte");
+    assert_eq!(serde_json::to_string(&raw).unwrap(), r#"{"a":[1,-2,2.5,"s",null,true,{"b":{}}]}"#);
+}
+
+// A plugin as an author writes it.
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SyncConfig {
+    table: String,
+    #[serde(default)]
+    max_rows: Option<u32>,
+}
+
+struct Sync {
+    config: SyncConfig,
+    seen: u32,
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    id: String,
+    status: Option<RawValue<'a>>,
+}
+
+impl Plugin for Sync {
+    type Config = SyncConfig;
+
+    fn new(config: SyncConfig) -> Result<Self> {
+        if config.table.is_empty() {
+            return Err(Error::new("config.table must not be empty"));
+        }
+        Ok(Sync { config, seen: 0 })
+    }
+
+    fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
+        self.seen += 1;
+        let change = event.change().context("only changes are expected")?;
+        let id = change.id().context("the change has no _id")?.to_key_string();
+        if self.config.max_rows.is_some_and(|m| self.seen > m) {
+            return Err(Error::new(format!("more than {} rows", self.seen - 1)));
+        }
+        let row = Row { id: id.clone(), status: change.field("status") };
+        Ok(vec![
+            Effect::row_upsert(&self.config.table, ["id"], &row)?,
+            Effect::emit(EmitTarget::room("orders"), "changed", &row)?,
+            Effect::audit(&row)?,
+            Effect::row_delete("old", &[("id", id)].into_iter().collect::<std::collections::BTreeMap<_, _>>())?,
+        ])
+    }
+}
+
+oplet_sdk::export_plugin!(Sync);
+
+#[test]
+fn a_plugin_type_gets_its_config_through_serde_and_keeps_state() {
+    let mut p = Sync::from_config(&json(r#"{"table":"orders","max_rows":1}"#)).unwrap();
+    let effects = p.handle_event(&order_event()).unwrap();
+    let row: Map = json(r#"{"id":"65a1f0c2e4b0a1b2c3d4e5f6","status":"paid"}"#).as_map().unwrap().clone();
+    assert_eq!(effects[0], Effect::RowUpsert { table: "orders".into(), key: vec!["id".into()], values: row.clone() });
+    assert_eq!(effects[1], Effect::Emit { to: EmitTarget::Room("orders".into()), event: "changed".into(), payload: Value::Map(row.clone()) });
+    assert_eq!(effects[2], Effect::Audit { record: Value::Map(row) });
+    assert_eq!(effects[3], Effect::RowDelete { table: "old".into(), key: json(r#"{"id":"65a1f0c2e4b0a1b2c3d4e5f6"}"#).as_map().unwrap().clone() });
+    assert_eq!(p.handle_event(&order_event()).unwrap_err().to_string(), "more than 1 rows", "state is kept");
+
+    let socket = Event { seq: 1, id: "1".into(), source: "s".into(), time_ms: 0, body: EventBody::Socket(SocketEvent::default()) };
+    assert_eq!(p.handle_event(&socket).unwrap_err().to_string(), "only changes are expected");
+}
+
+#[test]
+fn config_mistakes_name_the_key_and_big_numbers_are_refused_not_wrapped() {
+    let err = |s: &str| Sync::from_config(&json(s)).err().unwrap().to_string();
+    assert_eq!(err(r#"{}"#), "config.table: is required but missing");
+    assert!(err(r#"{"table":"t","max_rowz":1}"#).starts_with("config.max_rowz: is not a known key"));
+    assert!(err(r#"{"table":7}"#).starts_with("config.table: invalid type: integer `7`"));
+    assert!(err(r#"{"table":"t","max_rows":9223372036854775807}"#).starts_with("config.max_rows: invalid value"));
+    assert!(err(r#"{"table":"t","max_rows":-1}"#).starts_with("config.max_rows: invalid value"));
+    assert_eq!(err(r#"{"table":""}"#), "config.table must not be empty");
+}
+
+#[test]
+fn effect_constructors_refuse_rows_that_are_not_maps() {
+    let err = Effect::row_upsert("t", ["id"], &vec![1, 2]).unwrap_err();
+    assert!(err.to_string().contains("must serialize to a map of columns"), "{err}");
+    let err = Effect::audit(&std::collections::BTreeMap::from([(1, 2)])).unwrap_err();
+    assert!(err.to_string().contains("map keys must be strings"), "{err}");
+}
+
+#[test]
+fn errors_convert_with_question_mark() {
+    fn parse(s: &str) -> Result<i64> {
+        Ok(s.parse::<i64>()?)
+    }
+    assert!(parse("x").unwrap_err().to_string().contains("invalid digit"));
+    fn ctx() -> Result<()> {
+        Err::<(), _>(std::fmt::Error).context("writing the key")?;
+        Ok(())
+    }
+    assert!(ctx().unwrap_err().to_string().starts_with("writing the key: "));
+}
