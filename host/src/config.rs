@@ -163,6 +163,20 @@ pub struct DeliveryConfig {
     /// How often the checkpoint is written while events complete.
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
+    /// Consecutive failed events after which a plugin is quarantined; 0: never.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// How long a quarantine lasts before the next event runs as a probe.
+    #[serde(default = "default_quarantine_ms")]
+    pub quarantine_ms: u64,
+    /// What a quarantined plugin's events do: `dead_letter` (at once, with the
+    /// cause) or `hold` (wait for the probe; the checkpoint waits too).
+    #[serde(default)]
+    pub on_quarantine: OnQuarantine,
+    /// How long a shutdown may take to finish the events taken in, flush and
+    /// checkpoint; past it the host exits at once (exit code 75).
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -172,6 +186,10 @@ impl Default for DeliveryConfig {
             on_plugin_error: OnPluginError::default(),
             plugin_retries: default_retries(),
             checkpoint_interval_ms: default_checkpoint_ms(),
+            quarantine_after: default_quarantine_after(),
+            quarantine_ms: default_quarantine_ms(),
+            on_quarantine: OnQuarantine::default(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
 }
@@ -183,6 +201,23 @@ fn default_retries() -> u32 {
 }
 fn default_checkpoint_ms() -> u64 {
     100
+}
+fn default_quarantine_after() -> u32 {
+    5
+}
+fn default_quarantine_ms() -> u64 {
+    30_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnQuarantine {
+    #[default]
+    DeadLetter,
+    Hold,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

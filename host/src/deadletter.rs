@@ -31,24 +31,24 @@ impl DeadLetters {
 
     /// Records that `stage` (a plugin name, or `sink:redis`...) failed on `event`.
     pub fn record(&self, stage: &str, event: &Event, error: &str) {
-        let line = serde_json::json!({
-            "time_ms": now_ms(),
-            "stage": stage,
-            "source": event.source,
-            "seq": event.seq,
-            "event_id": event.id,
-            "error": error,
-            "event": event,
-        });
-        let mut text = line.to_string();
-        text.push('\n');
+        self.write(line(stage, event, error), 1);
+    }
+
+    /// Records that `stage` failed on each of `events` for one `error`, with one
+    /// write and one fsync (a removed or quarantined plugin's backlog).
+    pub fn record_all(&self, stage: &str, events: &[&Event], error: &str) {
+        let text: String = events.iter().map(|e| line(stage, e, error)).collect();
+        self.write(text, events.len() as u64);
+    }
+
+    fn write(&self, text: String, n: u64) {
         let mut f = self.file.lock().expect("dead-letter lock");
         let res = f.write_all(text.as_bytes()).and_then(|_| f.sync_data());
         if let Err(e) = res {
             // Nowhere safer to put it: say so loudly with the whole record.
             tracing::error!(path = %self.path.display(), "cannot write dead letter ({e}); record: {text}");
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
@@ -58,6 +58,22 @@ impl DeadLetters {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// One dead letter as a JSON line.
+fn line(stage: &str, event: &Event, error: &str) -> String {
+    let mut text = serde_json::json!({
+        "time_ms": now_ms(),
+        "stage": stage,
+        "source": event.source,
+        "seq": event.seq,
+        "event_id": event.id,
+        "error": error,
+        "event": event,
+    })
+    .to_string();
+    text.push('\n');
+    text
 }
 
 pub fn now_ms() -> i64 {

@@ -4,6 +4,9 @@
 //! event path, then swapped in atomically. A version that fails validation is
 //! refused with a log line naming the file and the cause, and the version already
 //! running keeps serving. Deploy by writing elsewhere and renaming into place.
+//! The module is the commit point: a loaded plugin is replaced only when its
+//! `.wasm` file changes (renamed in, or touched), so a module never runs with a
+//! manifest renamed in ahead of it; a manifest changed alone waits for that.
 
 use super::{Limits, PluginCode, Runtime};
 use crate::config::Config;
@@ -70,12 +73,48 @@ pub struct PluginDir {
     /// the same bad files are not reported again on every scan.
     loaded: BTreeMap<String, String>,
     refused: BTreeMap<String, String>,
+    /// The module file each loaded plugin was read from, to see a new one arrive.
+    stamps: BTreeMap<String, ModuleStamp>,
+    /// Digest of the manifest each loaded plugin runs with, and of manifests
+    /// changed without their module that were already reported.
+    manifests: BTreeMap<String, String>,
+    pending: BTreeMap<String, String>,
+}
+
+/// Which file a module was read from: a rename gives a new inode, a touch a new
+/// modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModuleStamp {
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+impl ModuleStamp {
+    fn of(path: &Path) -> Option<ModuleStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(ModuleStamp { inode, modified: m.modified().ok(), len: m.len() })
+    }
 }
 
 impl PluginDir {
     pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, registry: Arc<Registry>) -> PluginDir {
         let dir = config.plugins.dir.clone();
-        PluginDir { dir, runtime, config, registry, loaded: BTreeMap::new(), refused: BTreeMap::new() }
+        PluginDir {
+            dir,
+            runtime,
+            config,
+            registry,
+            loaded: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            stamps: BTreeMap::new(),
+            manifests: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
     }
 
     /// Brings the registry in step with the folder. Returns how many plugins changed.
@@ -103,6 +142,9 @@ impl PluginDir {
         let gone: Vec<String> = self.loaded.keys().filter(|n| !present.contains_key(*n)).cloned().collect();
         for name in gone {
             self.loaded.remove(&name);
+            self.stamps.remove(&name);
+            self.manifests.remove(&name);
+            self.pending.remove(&name);
             if self.registry.remove(&name) {
                 tracing::info!(plugin = %name, "plugin unloaded: its .wasm file was removed");
                 changed += 1;
@@ -111,6 +153,11 @@ impl PluginDir {
         self.refused.retain(|n, _| present.contains_key(n));
         for (name, wasm_path) in present {
             let manifest_path = wasm_path.with_extension("toml");
+            let stamp = ModuleStamp::of(&wasm_path);
+            if self.loaded.contains_key(&name) && stamp.is_some() && self.stamps.get(&name) == stamp.as_ref() {
+                self.note_pending_manifest(&name, &manifest_path);
+                continue;
+            }
             let files = match PluginFiles::read(&wasm_path, &manifest_path) {
                 Ok(f) => f,
                 Err(e) => {
@@ -140,12 +187,37 @@ impl PluginDir {
                     self.registry.install(code, manifest, caps, digest.clone());
                     self.loaded.insert(name.clone(), digest);
                     self.refused.remove(&name);
+                    self.pending.remove(&name);
+                    self.manifests.insert(name.clone(), text_digest(files.manifest_text.as_bytes()));
+                    match stamp {
+                        Some(s) => self.stamps.insert(name.clone(), s),
+                        None => self.stamps.remove(&name),
+                    };
                     changed += 1;
                 }
                 Err(e) => self.refuse(&name, digest, &format!("{e:#}")),
             }
         }
         changed
+    }
+
+    /// A loaded plugin whose module did not change: if its manifest did, say once
+    /// that it waits for the module (the commit point of a deploy).
+    fn note_pending_manifest(&mut self, name: &str, manifest_path: &Path) {
+        let Ok(text) = std::fs::read(manifest_path) else { return };
+        let digest = text_digest(&text);
+        let Some(loaded) = self.registry.get(name) else { return };
+        if self.pending.get(name) == Some(&digest) || self.manifests.get(name) == Some(&digest) {
+            return;
+        }
+        tracing::warn!(
+            plugin = %name,
+            version = %loaded.version,
+            "{} changed but {name}.wasm did not: the manifest takes effect when the module is renamed into place \
+             (or touched); until then the running module keeps the manifest it was deployed with",
+            manifest_path.display()
+        );
+        self.pending.insert(name.to_string(), digest);
     }
 
     fn refuse(&mut self, name: &str, digest: String, why: &str) {
@@ -186,6 +258,10 @@ impl PluginDir {
 pub struct WatchGuard {
     _watcher: notify::RecommendedWatcher,
     _thread: std::thread::JoinHandle<()>,
+}
+
+fn text_digest(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..12])
 }
 
 fn warn_ungranted(manifest: &Manifest, granted: &crate::manifest::Capabilities) {
