@@ -10,7 +10,7 @@ use oplet::deadletter::DeadLetters;
 use oplet::effect::{self, Effects, Executors};
 use oplet::envelope::Envelope;
 use oplet::manifest::{Capabilities, Manifest};
-use oplet::router::{dispatch, Registry, WorkerContext};
+use oplet::router::{Registry, WorkerContext};
 use oplet::runtime::{Limits, PluginCode, Runtime};
 use oplet_sdk::{codec, Change, Event, EventBody, Map, OperationType, Reply, Value};
 use std::path::Path;
@@ -103,8 +103,8 @@ fn per_event(c: &mut Criterion) {
     g.finish();
 }
 
-/// Events through the whole router: dispatcher, bounded queue, worker thread,
-/// wasm call, effect routing and ticket release. Compare with the bare calls of
+/// Events through the whole router: source queue, dispatcher thread, plugin
+/// queue, worker thread, wasm call, effect routing and ticket release. Compare with the bare calls of
 /// the same plugins measured just before (`per_event/noop_plugin_small_event`,
 /// `per_event/host_side_only_wat_plugin_small_event`): the target is router
 /// end to end <= 2x the bare call, with two plugins subscribed to every event.
@@ -135,22 +135,22 @@ fn router(c: &mut Criterion) {
             b.iter_batched(
                 || (),
                 |()| {
+                    let tracker = Tracker::new("bench", 1, None);
+                    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                    let d = registry.spawn_dispatcher("bench", rx).unwrap();
                     rt.block_on(async {
-                        let tracker = Tracker::new("bench", 1, None);
-                        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-                        let d = tokio::spawn(dispatch(rx, registry.clone()));
                         for seq in 1..=N {
                             let ticket = tracker.ticket(seq, None);
                             tx.send(Envelope { event: event.clone(), ticket }).await.unwrap();
                         }
-                        drop(tx);
-                        d.await.unwrap();
-                        let start = Instant::now();
-                        while tracker.completed() < N {
-                            assert!(start.elapsed() < Duration::from_secs(30));
-                            tokio::task::yield_now().await;
-                        }
-                    })
+                    });
+                    drop(tx);
+                    d.join().unwrap();
+                    let start = Instant::now();
+                    while tracker.completed() < N {
+                        assert!(start.elapsed() < Duration::from_secs(30));
+                        std::thread::yield_now();
+                    }
                 },
                 BatchSize::PerIteration,
             )
