@@ -10,7 +10,7 @@ use oplet::deadletter::DeadLetters;
 use oplet::effect::{self, Effects, Executors};
 use oplet::envelope::Envelope;
 use oplet::manifest::{Capabilities, Manifest};
-use oplet::router::{dispatch, Registry, WorkerContext};
+use oplet::router::{Registry, WorkerContext};
 use oplet::runtime::{Limits, PluginCode, Runtime};
 use oplet_sdk::{codec, Change, Event, EventBody, Map, OperationType, Reply, Value};
 use std::path::Path;
@@ -103,48 +103,60 @@ fn per_event(c: &mut Criterion) {
     g.finish();
 }
 
-/// Events through the whole router: dispatcher, bounded queue, worker thread,
-/// wasm call, effect routing and ticket release.
+/// Events through the whole router: source queue, dispatcher thread, plugin
+/// queue, worker thread, wasm call, effect routing and ticket release. Compare with the bare calls of
+/// the same plugins measured just before (`per_event/noop_plugin_small_event`,
+/// `per_event/host_side_only_wat_plugin_small_event`): the target is router
+/// end to end <= 2x the bare call, with two plugins subscribed to every event.
 fn router(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let runtime = Runtime::new(None).unwrap();
-    let dir = oplet_tests::temp_dir();
-    let dead = Arc::new(DeadLetters::open(&dir.path().join("dead.jsonl")).unwrap());
-    let _guard = rt.enter();
-    let effects = Arc::new(Effects::new(Executors::default(), dead.clone()));
-    let ctx = Arc::new(WorkerContext { effects, dead, delivery: DeliveryConfig::default(), halt: Arc::new(tokio::sync::Notify::new()) });
-    let registry = Registry::new(ctx);
-    let (code, manifest) = load(&runtime, "noop", "name = \"noop\"\n[[subscribe]]\n");
-    registry.install(code, manifest, Capabilities::default(), "bench".into());
-    let event = Arc::new(event_with_doc(64));
     let mut g = c.benchmark_group("router");
     const N: u64 = 10_000;
     g.throughput(Throughput::Elements(N));
     g.sample_size(20);
-    g.bench_function("noop_plugin_10k_events_end_to_end", |b| {
-        b.iter_batched(
-            || (),
-            |()| {
-                rt.block_on(async {
+    for (label, plugins) in [
+        ("noop_plugin_10k_events_end_to_end", &["noop"][..]),
+        ("two_noop_plugins_10k_events_end_to_end", &["noop", "noop"][..]),
+        ("two_wat_plugins_10k_events_end_to_end", &["wat-plugin", "wat-plugin"][..]),
+    ] {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime = Runtime::new(None).unwrap();
+        let dir = oplet_tests::temp_dir();
+        let dead = Arc::new(DeadLetters::open(&dir.path().join("dead.jsonl")).unwrap());
+        let _guard = rt.enter();
+        let effects = Arc::new(Effects::new(Executors::default(), dead.clone()));
+        let ctx = Arc::new(WorkerContext { effects, dead, delivery: DeliveryConfig::default(), halt: Arc::new(tokio::sync::Notify::new()) });
+        let registry = Registry::new(ctx);
+        for (i, wasm) in plugins.iter().enumerate() {
+            let (code, manifest) = load(&runtime, wasm, &format!("name = \"p{i}\"\n[[subscribe]]\n"));
+            registry.install(code, manifest, Capabilities::default(), "bench".into());
+        }
+        let event = Arc::new(event_with_doc(64));
+        g.bench_function(label, |b| {
+            b.iter_batched(
+                || (),
+                |()| {
                     let tracker = Tracker::new("bench", 1, None);
                     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-                    let d = tokio::spawn(dispatch(rx, registry.clone()));
-                    for seq in 1..=N {
-                        let ticket = tracker.ticket(seq, None);
-                        tx.send(Envelope { event: event.clone(), ticket }).await.unwrap();
-                    }
+                    let d = registry.spawn_dispatcher("bench", rx).unwrap();
+                    rt.block_on(async {
+                        for seq in 1..=N {
+                            let ticket = tracker.ticket(seq, None);
+                            tx.send(Envelope { event: event.clone(), ticket }).await.unwrap();
+                        }
+                    });
                     drop(tx);
-                    d.await.unwrap();
+                    d.join().unwrap();
                     let start = Instant::now();
                     while tracker.completed() < N {
                         assert!(start.elapsed() < Duration::from_secs(30));
-                        tokio::task::yield_now().await;
+                        std::thread::yield_now();
                     }
-                })
-            },
-            BatchSize::PerIteration,
-        )
-    });
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        registry.shutdown();
+    }
     g.finish();
 }
 

@@ -233,6 +233,20 @@ pub struct DeliveryConfig {
     /// How often the checkpoint is written while events complete.
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
+    /// Consecutive failed events after which a plugin is quarantined; 0: never.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// How long a quarantine lasts before the next event runs as a probe.
+    #[serde(default = "default_quarantine_ms")]
+    pub quarantine_ms: u64,
+    /// What a quarantined plugin's events do: `dead_letter` (at once, with the
+    /// cause) or `hold` (wait for the probe; the checkpoint waits too).
+    #[serde(default)]
+    pub on_quarantine: OnQuarantine,
+    /// How long a shutdown may take to finish the events taken in, flush and
+    /// checkpoint; past it the host exits at once (exit code 75).
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -242,6 +256,10 @@ impl Default for DeliveryConfig {
             on_plugin_error: OnPluginError::default(),
             plugin_retries: default_retries(),
             checkpoint_interval_ms: default_checkpoint_ms(),
+            quarantine_after: default_quarantine_after(),
+            quarantine_ms: default_quarantine_ms(),
+            on_quarantine: OnQuarantine::default(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
 }
@@ -253,6 +271,23 @@ fn default_retries() -> u32 {
 }
 fn default_checkpoint_ms() -> u64 {
     100
+}
+fn default_quarantine_after() -> u32 {
+    5
+}
+fn default_quarantine_ms() -> u64 {
+    30_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnQuarantine {
+    #[default]
+    DeadLetter,
+    Hold,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -482,12 +517,20 @@ fn one_line(text: &str) -> String {
 /// for any `[[source]]` index. The README's configuration reference lists the same.
 pub const NUMERIC_KEYS: &[(&str, i64, i64)] = &[
     ("plugins.debounce_ms", 0, 60_000),
+    ("plugins.start_wait_ms", 0, 3_600_000),
     ("limits.time_ms", 1, 3_600_000),
     ("limits.memory_mb", 1, 4_096),
     ("limits.reply_kb", 1, 1_048_576),
+    ("limits.effects", 1, 1_000_000),
+    ("limits.log_kb_per_s", 1, 1_048_576),
+    ("limits.module_mb", 1, 1_024),
+    ("limits.compile_ms", 1, 3_600_000),
     ("delivery.queue", 1, 1_000_000),
     ("delivery.plugin_retries", 0, 100),
     ("delivery.checkpoint_interval_ms", 1, 60_000),
+    ("delivery.quarantine_after", 0, 1_000_000),
+    ("delivery.quarantine_ms", 1, 86_400_000),
+    ("delivery.shutdown_timeout_ms", 1, 86_400_000),
     ("audit.batch_max", 1, 100_000),
     ("audit.batch_ms", 0, 60_000),
     ("redis.batch_max", 1, 100_000),

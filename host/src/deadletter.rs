@@ -50,22 +50,30 @@ impl DeadLetters {
     /// Records, durably, that `stage` (a plugin name, `sink:redis`...) failed on
     /// `event`. One attempt: a failure leaves the file as it was.
     pub fn record(&self, stage: &str, event: &Event, error: &str) -> Result<(), RecordError> {
-        let line = serde_json::json!({
-            "time_ms": now_ms(),
-            "stage": stage,
-            "source": event.source,
-            "seq": event.seq,
-            "event_id": event.id,
-            "error": error,
-            "event": event,
-        });
-        let mut text = line.to_string();
-        text.push('\n');
+        self.write(line(stage, event, error), 1)
+    }
+
+    /// Records that `stage` failed on each of `events` for one `error`, with one
+    /// write and one fsync (a removed or quarantined plugin's backlog). All or
+    /// nothing: a failure leaves the file as it was.
+    pub fn record_all(&self, stage: &str, events: &[&Event], error: &str) -> Result<(), RecordError> {
+        let text: String = events.iter().map(|e| line(stage, e, error)).collect();
+        self.write(text, events.len() as u64)
+    }
+
+    /// `record_all`, retrying until written like `record_retrying`. Call from a
+    /// blocking thread.
+    pub fn record_all_retrying(&self, stage: &str, events: &[&Event], error: &str) -> Result<(), RecordError> {
+        self.health.retry_durably(COMPONENT, || self.record_all(stage, events, error))
+    }
+
+    fn write(&self, text: String, n: u64) -> Result<(), RecordError> {
         let mut f = self.file.lock().expect("dead-letter lock");
         f.append(text.as_bytes()).map_err(|source| RecordError { path: self.path.display().to_string(), source })?;
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
+
 
     /// Records like `record`, retrying until it is written (blocking the caller,
     /// with the host reported degraded meanwhile); the error only once the host
@@ -118,6 +126,22 @@ impl DeadLetters {
     pub fn health(&self) -> &Arc<Health> {
         &self.health
     }
+}
+
+/// One dead letter as a JSON line.
+fn line(stage: &str, event: &Event, error: &str) -> String {
+    let mut text = serde_json::json!({
+        "time_ms": now_ms(),
+        "stage": stage,
+        "source": event.source,
+        "seq": event.seq,
+        "event_id": event.id,
+        "error": error,
+        "event": event,
+    })
+    .to_string();
+    text.push('\n');
+    text
 }
 
 pub fn now_ms() -> i64 {

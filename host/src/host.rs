@@ -1,7 +1,9 @@
 //! `oplet run`: wires config, runtime, plugin folder, router, executors and
 //! sources together, and shuts them down in the order that loses nothing:
 //! sources stop, the router drains, workers drain, executors flush, and the
-//! checkpoints are saved last.
+//! checkpoints are saved last. The shutdown is bounded: past
+//! `[delivery] shutdown_timeout_ms`, or on a second signal, the process exits at
+//! once with `EXIT_FORCED`, its checkpoints never past an unfinished event.
 
 use crate::checkpoint::{run_saver, CheckpointStore, Tracker};
 use crate::config::{Config, SourceConfig};
@@ -10,7 +12,8 @@ use crate::health::Health;
 use crate::effect::{audit::AuditHandle, postgres::PostgresHandle, redis::RedisHandle, Effects, Executors};
 use crate::source::mongo::MongoContext;
 use crate::source::socket::SocketServer;
-use crate::router::{dispatch, Registry, WorkerContext};
+use crate::envelope::Envelope;
+use crate::router::{Registry, WorkerContext};
 use crate::runtime::reload::PluginDir;
 use crate::runtime::Runtime;
 use crate::source::{self, SourceContext};
@@ -19,6 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
+/// Exit code when the shutdown was cut short (its timeout passed, or a second
+/// SIGTERM/SIGINT came): events not finished were not checkpointed and are
+/// delivered again on the next start. 75 is `EX_TEMPFAIL`: retrying is safe.
+pub const EXIT_FORCED: i32 = 75;
 
 /// How `run` ended.
 #[derive(PartialEq, Eq)]
@@ -61,7 +68,10 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let cache = config.redis.as_ref().map(|c| RedisHandle::start(c, dead.clone())).transpose()?;
     let rows = config.postgres.as_ref().map(|c| PostgresHandle::start(c, dead.clone())).transpose()?;
 
-    let (tx, rx) = mpsc::channel(config.delivery.queue);
+    // One bounded queue and one dispatcher per source, so one source's backlog
+    // never delays another's events (a queue allocates as it fills, not its bound).
+    let queue = || mpsc::channel::<Envelope>(config.delivery.queue);
+    let mut source_queues: Vec<(String, mpsc::Receiver<Envelope>)> = Vec::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let store = CheckpointStore::new(&config.state_dir.join("checkpoints"))?;
     let (saver_stop, saver_stop_rx) = watch::channel(false);
@@ -72,7 +82,9 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         Some(sc) => {
             // Client events are not replayable: the position is only a count.
             let tracker = Tracker::unreplayable(&sc.name);
-            let sctx = SourceContext { tracker, resume: None, tx: tx.clone(), shutdown: shutdown_rx.clone() };
+            let (tx, rx) = queue();
+            source_queues.push((sc.name.clone(), rx));
+            let sctx = SourceContext { tracker, resume: None, tx, shutdown: shutdown_rx.clone() };
             Some(SocketServer::start(sc, sctx, dead.clone()).await?)
         }
         None => None,
@@ -82,12 +94,20 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let halt = Arc::new(Notify::new());
     let ctx = Arc::new(WorkerContext { effects: effects.clone(), dead: dead.clone(), delivery: config.delivery.clone(), halt: halt.clone() });
     let registry = Registry::new(ctx);
+    registry.set_status_file(config.state_dir.join("plugins.json"));
 
     let mut dir = PluginDir::new(runtime.clone(), config.clone(), registry.clone());
-    dir.scan();
+    // Compiling modules blocks for milliseconds to seconds: not on an async worker.
     // Plugins compile in parallel; the sources wait at most start_wait_ms for them.
-    let loading = dir.settle(Duration::from_millis(config.plugins.start_wait_ms));
-    let names: Vec<String> = registry.snapshot().iter().map(|w| w.name.clone()).collect();
+    let start_wait = Duration::from_millis(config.plugins.start_wait_ms);
+    let (dir, loading) = tokio::task::spawn_blocking(move || {
+        dir.scan();
+        let loading = dir.settle(start_wait);
+        (dir, loading)
+    })
+    .await
+    .context("loading the plugin folder")?;
+    let names: Vec<String> = registry.snapshot().into_iter().map(|w| w.name).collect();
     tracing::info!(dir = %config.plugins.dir.display(), "{} plugin(s) loaded: {}", names.len(), names.join(", "));
     for name in &loading {
         tracing::warn!(plugin = %name, "plugin still compiling after [plugins] start_wait_ms = {}; the sources start without it, and it receives events from when it is loaded", config.plugins.start_wait_ms);
@@ -97,30 +117,38 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     }
     let _watch = Some(dir.watch_with(config.plugins.watch)?);
 
-    let dispatcher = tokio::spawn(dispatch(rx, registry.clone()));
     let mut sources = tokio::task::JoinSet::new();
     for sc in &config.sources {
         let resume = store.load(sc.name())?;
         let name = sc.name().to_string();
+        let (tx, rx) = queue();
+        source_queues.push((name.clone(), rx));
         match sc.clone() {
             SourceConfig::Jsonl(c) => {
                 // Tickets count from 1 each run; the position says where in the file.
                 let tracker = Tracker::new(sc.name(), 1, resume.clone());
                 savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), checkpoint_interval, saver_stop_rx.clone())));
-                let sctx = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
+                let sctx = SourceContext { tracker, resume, tx, shutdown: shutdown_rx.clone() };
                 let d = dead.clone();
                 sources.spawn(async move { (name, source::jsonl::run(c, sctx, d).await) });
             }
             SourceConfig::Mongo(c) => {
                 // The Mongo source keeps one tracker and checkpoint per change stream.
                 let tracker = Tracker::new(sc.name(), 1, None);
-                let base = SourceContext { tracker, resume, tx: tx.clone(), shutdown: shutdown_rx.clone() };
+                let base = SourceContext { tracker, resume, tx, shutdown: shutdown_rx.clone() };
                 let mctx = MongoContext { base, store: store.clone(), checkpoint_interval, dead: dead.clone(), saver_stop: saver_stop_rx.clone(), savers: extra_savers.clone() };
                 sources.spawn(async move { (name, source::mongo::run(c, mctx).await) });
             }
         }
     }
-    drop(tx);
+    let mut dispatchers = Vec::new();
+    for (name, rx) in source_queues {
+        dispatchers.push(
+            registry
+                .spawn_dispatcher(&name, rx)
+                .with_context(|| format!("cannot start the dispatcher thread of source {name:?}"))?,
+        );
+    }
     if config.sources.is_empty() && socket.is_none() {
         tracing::warn!("no [[source]] configured: nothing will arrive; waiting for a signal");
     }
@@ -151,31 +179,82 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
             _ = halt.notified() => break Outcome::Halted,
         }
     };
-    tracing::info!("shutting down ({outcome:?}): draining events in flight");
+    let timeout = Duration::from_millis(config.delivery.shutdown_timeout_ms);
+    tracing::info!("shutting down ({outcome:?}): finishing the events taken in (bound: [delivery] shutdown_timeout_ms = {} ms)", timeout.as_millis());
     // Work held on a full disk is no longer retried: its events stay unsaved.
     health.stop();
     let _ = shutdown_tx.send(true);
-    while let Some(r) = sources.join_next().await {
-        if let Ok((name, Err(e))) = r {
-            tracing::error!(source = %name, "source stopped: {e:#}");
+    let drain = async {
+        while let Some(r) = sources.join_next().await {
+            if let Ok((name, Err(e))) = r {
+                tracing::error!(source = %name, "source stopped: {e:#}");
+            }
         }
-    }
-    let _ = dispatcher.await;
-    drop(_watch);
-    let reg = registry.clone();
-    tokio::task::spawn_blocking(move || reg.shutdown()).await?;
-    drop(registry);
-    effects.shutdown().await;
-    let _ = saver_stop.send(true);
-    savers.extend(extra_savers.lock().expect("savers lock").drain(..));
-    for s in savers {
-        let _ = s.await;
+        // Sources have dropped their queues' senders: each dispatcher ends after
+        // handing out what is left. Joined off the async workers.
+        let joined = tokio::task::spawn_blocking(move || {
+            for d in dispatchers {
+                let _ = d.join();
+            }
+        });
+        let _ = joined.await;
+        drop(_watch);
+        let reg = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
+        effects.shutdown().await;
+        let _ = saver_stop.send(true);
+        savers.extend(extra_savers.lock().expect("savers lock").drain(..));
+        for s in savers {
+            let _ = s.await;
+        }
+    };
+    tokio::pin!(drain);
+    // Every source reached its end: everything read is finished, however long it
+    // takes, until a signal asks for the bounded stop. After a signal (or a halt),
+    // the bound runs from now.
+    let mut deadline = (outcome != Outcome::SourcesDone).then(|| far_or(timeout));
+    loop {
+        tokio::select! {
+            _ = &mut drain => break,
+            _ = sleep_until(deadline), if deadline.is_some() => forced(&format!("the shutdown took longer than [delivery] shutdown_timeout_ms = {} ms", timeout.as_millis())),
+            _ = signal.recv() => {
+                if deadline.is_some() {
+                    forced("a second signal came during the shutdown");
+                }
+                tracing::info!("signal: finishing the events taken in, within {} ms", timeout.as_millis());
+                deadline = Some(far_or(timeout));
+            }
+        }
     }
     if dead.count() > 0 {
         tracing::warn!(path = %dead.path().display(), "{} event(s) were dead-lettered in this run", dead.count());
     }
     tracing::info!("stopped");
     Ok(outcome)
+}
+
+/// `now + d`, or a moment too far to matter when that does not fit (a huge timeout).
+fn far_or(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends the process now, without waiting for unfinished events: their tickets
+/// were never released, so no saved checkpoint is past them, and they are
+/// delivered again on the next start. The checkpoints saved so far stay (each
+/// save is a write, fsync and rename, so none is torn).
+fn forced(why: &str) -> ! {
+    tracing::error!(
+        "stopping now: {why}; events not finished are not checkpointed and will be delivered again on the next start (exit code {EXIT_FORCED})"
+    );
+    std::process::exit(EXIT_FORCED)
 }
 
 /// SIGTERM and SIGINT, listened for from the start of `run`: a signal that comes

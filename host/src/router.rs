@@ -1,23 +1,31 @@
-//! The router: hands each event to every plugin whose subscription matches.
+//! The router: hands each event to every plugin whose subscription matches, and
+//! keeps one plugin's failures from slowing the others.
 //!
-//! Each loaded plugin has one worker thread with one wasm instance and a bounded
-//! queue. The dispatcher takes a snapshot of the plugin set per event and waits
-//! when a queue is full, so a slow plugin slows the sources (backpressure) instead
-//! of growing memory. Every plugin sees events in source order (so per document
-//! key too); plugins run in parallel with each other. A replaced plugin's new
-//! worker starts only after the old one drained its queue: an event is handled by
-//! exactly one version, in order.
+//! Each source has its own dispatcher thread that reads the source's bounded queue
+//! in batches. Each plugin name has one `Slot`: a bounded queue and one worker
+//! thread that runs whichever version is current, so at most one version of a
+//! plugin runs at any moment, and every plugin sees a source's events in order.
+//! Handoffs are batched: a worker takes everything queued under one lock and is
+//! woken only when it was idle. A replaced plugin's new version takes over at the
+//! next event not yet started; a removed plugin's queued events are dead-lettered;
+//! a plugin that keeps failing is quarantined (README, "Failing plugins").
 
-use crate::config::{DeliveryConfig, OnPluginError};
-use crate::deadletter::DeadLetters;
+use crate::config::{DeliveryConfig, OnPluginError, OnQuarantine};
+use crate::deadletter::{now_ms, DeadLetters};
 use crate::effect::Effects;
 use crate::envelope::Envelope;
 use crate::manifest::{Capabilities, Manifest};
 use crate::runtime::{CallError, Instance, PluginCode};
-use std::sync::mpsc as stdmpsc;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Most events a dispatcher takes from its source queue in one turn.
+const DISPATCH_BATCH: usize = 512;
 
 /// What workers share: where effects go, where failures go, what to do on them.
 pub struct WorkerContext {
@@ -28,176 +36,658 @@ pub struct WorkerContext {
     pub halt: Arc<tokio::sync::Notify>,
 }
 
-/// A loaded plugin as the router sees it.
-pub struct PluginWorker {
+/// A plugin's health as the host reports it (`state_dir/plugins.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Its last event succeeded (or it has not run yet).
+    Healthy = 0,
+    /// Its last event failed; not yet quarantined.
+    Failing = 1,
+    /// Failed `quarantine_after` events in a row (or its queue filled while
+    /// failing): its events are dead-lettered or held until the probe time.
+    Quarantined = 2,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Failing,
+            2 => Health::Quarantined,
+            _ => Health::Healthy,
+        }
+    }
+}
+
+/// One deployed version of a plugin: a module with the manifest it came with.
+pub struct Version {
+    pub code: PluginCode,
+    pub manifest: Arc<Manifest>,
+    pub caps: Capabilities,
+    pub digest: String,
+}
+
+/// What the registry says about a loaded plugin.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
     pub name: String,
     pub version: String,
     pub digest: String,
-    pub manifest: Arc<Manifest>,
-    pub caps: Capabilities,
-    tx: mpsc::Sender<Envelope>,
-    /// Closed (sender dropped) when the worker thread has drained and exited.
-    done: Mutex<Option<stdmpsc::Receiver<()>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub health: Health,
 }
 
-/// The current set of plugins, swapped atomically on reload.
+/// A dispatcher's view of one plugin: where to put events, and which to put.
+#[derive(Clone)]
+struct Route {
+    slot: Arc<Slot>,
+    manifest: Arc<Manifest>,
+}
+
+/// The plugins by name, with their queues and workers.
 pub struct Registry {
-    current: RwLock<Arc<Vec<Arc<PluginWorker>>>>,
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+    /// What dispatchers read per batch; rebuilt on install and remove.
+    routes: RwLock<Arc<Vec<Route>>>,
     ctx: Arc<WorkerContext>,
-    retired: Mutex<Vec<Arc<PluginWorker>>>,
+    /// Where plugin states are written on every change, if anywhere.
+    status_file: Mutex<Option<PathBuf>>,
+    started: Instant,
 }
 
 impl Registry {
     pub fn new(ctx: Arc<WorkerContext>) -> Arc<Registry> {
-        Arc::new(Registry { current: RwLock::new(Arc::new(Vec::new())), ctx, retired: Mutex::new(Vec::new()) })
+        Arc::new(Registry {
+            slots: Mutex::new(BTreeMap::new()),
+            routes: RwLock::new(Arc::new(Vec::new())),
+            ctx,
+            status_file: Mutex::new(None),
+            started: Instant::now(),
+        })
     }
 
-    pub fn snapshot(&self) -> Arc<Vec<Arc<PluginWorker>>> {
-        self.current.read().expect("registry lock").clone()
-    }
-
-    /// Adds a plugin, or replaces the one with the same name. Events already
-    /// dispatched to the old version finish there; the next ones go to the new.
-    pub fn install(&self, code: PluginCode, manifest: Manifest, caps: Capabilities, digest: String) {
-        let mut cur = self.current.write().expect("registry lock");
-        let previous = cur.iter().find(|w| w.name == manifest.name).cloned();
-        let wait_for = previous.as_ref().and_then(|p| p.done.lock().expect("done lock").take());
-        let worker = spawn_worker(code, manifest, caps, digest, self.ctx.clone(), wait_for);
-        let mut next: Vec<Arc<PluginWorker>> = cur.iter().filter(|w| w.name != worker.name).cloned().collect();
-        next.push(Arc::new(worker));
-        next.sort_by(|a, b| a.name.cmp(&b.name));
-        *cur = Arc::new(next);
-        if let Some(p) = previous {
-            self.retire(p);
+    /// Writes each plugin's state to `path` (JSON, replaced atomically) whenever
+    /// one changes (loaded, replaced, removed, failing, quarantined, recovered),
+    /// and every second for the counters, while the registry lives.
+    pub fn set_status_file(self: &Arc<Self>, path: PathBuf) {
+        *self.status_file.lock().expect("status lock") = Some(path);
+        self.write_status();
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("plugin-status".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            match weak.upgrade() {
+                Some(r) => r.write_status(),
+                None => return,
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the plugin status thread ({e}); plugins.json is written on changes only");
         }
     }
 
-    /// Unloads a plugin; events already queued for it still finish.
+    /// The loaded plugins, by name.
+    pub fn snapshot(&self) -> Vec<PluginInfo> {
+        let slots = self.slots.lock().expect("slots lock");
+        slots.values().filter_map(|s| s.info()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<PluginInfo> {
+        let slot = self.slots.lock().expect("slots lock").get(name).cloned();
+        slot.and_then(|s| s.info())
+    }
+
+    /// Adds a plugin, or replaces the one with the same name. The event in flight
+    /// finishes on the old version; the next event not yet started (queued ones
+    /// included) goes to the new one. A new version starts healthy.
+    pub fn install(self: &Arc<Self>, code: PluginCode, manifest: Manifest, caps: Capabilities, digest: String) {
+        let name = manifest.name.clone();
+        let version = Arc::new(Version { code, manifest: Arc::new(manifest), caps, digest });
+        let mut slots = self.slots.lock().expect("slots lock");
+        let slot = slots.entry(name.clone()).or_insert_with(|| Slot::new(&name, self.clone())).clone();
+        {
+            let mut st = slot.lock();
+            st.version = Some(version);
+            st.epoch += 1;
+            slot.epoch.store(st.epoch, Ordering::Release);
+            slot.set_health(Health::Healthy);
+            st.failures = 0;
+            st.reason.clear();
+            if !st.worker_alive {
+                if let Some(old) = st.worker.take() {
+                    // It said it was done under this lock: it has exited or is about to.
+                    let _ = old.join();
+                }
+                let s = slot.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("plugin-{name}"))
+                    .spawn(move || Worker::new(s).run())
+                    .expect("spawn plugin worker thread");
+                st.worker = Some(handle);
+                st.worker_alive = true;
+            }
+            // A worker holding a quarantined event must try the new version now.
+            slot.work.notify_all();
+        }
+        self.publish(&slots);
+        drop(slots);
+        self.write_status();
+    }
+
+    /// Unloads a plugin. Its queued events are dead-lettered ("plugin removed"); the
+    /// event in flight finishes. Returns whether it was loaded.
     pub fn remove(&self, name: &str) -> bool {
-        let mut cur = self.current.write().expect("registry lock");
-        let Some(previous) = cur.iter().find(|w| w.name == name).cloned() else {
-            return false;
+        let slots = self.slots.lock().expect("slots lock");
+        let Some(slot) = slots.get(name).cloned() else { return false };
+        let orphans = {
+            let mut st = slot.lock();
+            if st.version.is_none() {
+                return false;
+            }
+            st.version = None;
+            slot.flush(&mut st, format!("plugin {name} was removed (its .wasm file was deleted) before this event ran"))
         };
-        *cur = Arc::new(cur.iter().filter(|w| w.name != name).cloned().collect());
-        drop(cur);
-        self.retire(previous);
+        self.publish(&slots);
+        drop(slots);
+        slot.dead_letter(orphans.0, &orphans.1);
+        self.write_status();
         true
     }
 
-    fn retire(&self, worker: Arc<PluginWorker>) {
-        // Keep the join handle so shutdown can wait; the queue's sender lives in
-        // `worker.tx` and in dispatcher snapshots; the worker exits when all drop.
-        let mut retired = self.retired.lock().expect("retired lock");
-        retired.retain(|w| w.thread.lock().expect("thread lock").as_ref().is_some_and(|t| !t.is_finished()));
-        let thread = worker.thread.lock().expect("thread lock").take();
-        let name = worker.name.clone();
-        drop(worker);
-        retired.push(Arc::new(PluginWorker::retired(name, thread)));
+    fn publish(&self, slots: &BTreeMap<String, Arc<Slot>>) {
+        let routes: Vec<Route> = slots
+            .values()
+            .filter_map(|s| s.lock().version.as_ref().map(|v| Route { slot: s.clone(), manifest: v.manifest.clone() }))
+            .collect();
+        *self.routes.write().expect("routes lock") = Arc::new(routes);
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<PluginWorker>> {
-        self.snapshot().iter().find(|w| w.name == name).cloned()
+    fn routes(&self) -> Arc<Vec<Route>> {
+        self.routes.read().expect("routes lock").clone()
+    }
+
+    /// Starts the dispatcher of one source: it moves events from `rx` to the
+    /// plugins' queues until every sender of `rx` is gone.
+    pub fn spawn_dispatcher(self: &Arc<Self>, source: &str, rx: mpsc::Receiver<Envelope>) -> std::io::Result<JoinHandle<()>> {
+        let registry = self.clone();
+        std::thread::Builder::new().name(format!("dispatch-{source}")).spawn(move || registry.dispatch(rx))
+    }
+
+    fn dispatch(&self, mut rx: mpsc::Receiver<Envelope>) {
+        let mut batch: Vec<Envelope> = Vec::with_capacity(DISPATCH_BATCH);
+        let mut mine: Vec<Envelope> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < DISPATCH_BATCH {
+                match rx.try_recv() {
+                    Ok(env) => batch.push(env),
+                    Err(_) => break,
+                }
+            }
+            let routes = self.routes();
+            for route in routes.iter() {
+                mine.extend(
+                    batch
+                        .iter()
+                        .filter(|e| route.manifest.matches(&e.event))
+                        .map(|e| Envelope { event: e.event.clone(), ticket: e.ticket.clone() }),
+                );
+                if !mine.is_empty() {
+                    route.slot.push(&mut mine);
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    /// No more events will be dispatched: each worker finishes its queue and exits.
+    /// Returns the worker threads to wait for.
+    pub fn close(&self) -> Vec<JoinHandle<()>> {
+        let slots = self.slots.lock().expect("slots lock");
+        let mut threads = Vec::new();
+        for slot in slots.values() {
+            let mut st = slot.lock();
+            st.closing = true;
+            threads.extend(st.worker.take());
+            slot.work.notify_all();
+        }
+        threads
     }
 
     /// Closes every queue and waits for the workers to drain. Call after the
-    /// dispatcher has stopped.
+    /// dispatchers have stopped.
     pub fn shutdown(&self) {
-        let workers = std::mem::take(&mut *self.current.write().expect("registry lock"));
-        let mut threads = Vec::new();
-        for w in workers.iter() {
-            threads.extend(w.thread.lock().expect("thread lock").take());
-        }
-        drop(workers);
-        for r in self.retired.lock().expect("retired lock").drain(..) {
-            threads.extend(r.thread.lock().expect("thread lock").take());
-        }
-        for t in threads {
+        for t in self.close() {
             let _ = t.join();
         }
     }
-}
 
-impl PluginWorker {
-    fn retired(name: String, thread: Option<std::thread::JoinHandle<()>>) -> PluginWorker {
-        let (tx, _) = mpsc::channel(1);
-        PluginWorker {
-            name,
-            version: String::new(),
-            digest: String::new(),
-            manifest: Arc::new(Manifest { name: String::new(), version: String::new(), description: String::new(), subscribe: vec![], capabilities: Default::default(), limits: Default::default(), config: Default::default() }),
-            caps: Capabilities::default(),
-            tx,
-            done: Mutex::new(None),
-            thread: Mutex::new(thread),
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn write_status(&self) {
+        let path = self.status_file.lock().expect("status lock");
+        let Some(path) = path.as_ref() else { return };
+        let slots: Vec<Arc<Slot>> = self.slots.lock().expect("slots lock").values().cloned().collect();
+        let mut all = serde_json::Map::new();
+        for slot in slots {
+            let st = slot.lock();
+            let health = slot.health();
+            let probe_in = slot.probe_at.load(Ordering::Relaxed).saturating_sub(self.now_ms());
+            all.insert(
+                slot.name.clone(),
+                serde_json::json!({
+                    "loaded": st.version.is_some(),
+                    "version": st.version.as_ref().map(|v| v.manifest.version.clone()),
+                    "digest": st.version.as_ref().map(|v| v.digest.clone()),
+                    "state": health,
+                    "consecutive_failures": st.failures,
+                    "reason": st.reason,
+                    "probe_in_ms": (health == Health::Quarantined).then_some(probe_in),
+                    "queued": st.queue.len(),
+                    "handled": slot.handled.load(Ordering::Relaxed),
+                    "failed": slot.failed.load(Ordering::Relaxed),
+                    "dead_lettered": slot.dead_lettered.load(Ordering::Relaxed),
+                }),
+            );
+        }
+        let text = serde_json::to_vec_pretty(&serde_json::json!({ "time_ms": now_ms(), "plugins": all })).expect("json serializes");
+        let tmp = path.with_extension("json.tmp");
+        let res = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = res {
+            tracing::warn!(path = %path.display(), "cannot write the plugin status file: {e}");
         }
     }
 }
 
-fn spawn_worker(
-    code: PluginCode,
-    manifest: Manifest,
-    caps: Capabilities,
-    digest: String,
+/// One plugin name: its queue, its current version, its worker.
+struct Slot {
+    name: String,
+    state: Mutex<SlotState>,
+    /// The worker waits here for events, a new version, or the end.
+    work: Condvar,
+    /// Dispatchers wait here for room in the queue.
+    space: Condvar,
+    /// Mirrors `SlotState::epoch`, so the worker can notice a swap between two
+    /// events without taking the lock.
+    epoch: AtomicU64,
+    health: AtomicU8,
+    /// While quarantined: when (ms since the registry started) the next event may
+    /// run as a probe.
+    probe_at: AtomicU64,
+    handled: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    registry: std::sync::Weak<Registry>,
     ctx: Arc<WorkerContext>,
-    wait_for: Option<stdmpsc::Receiver<()>>,
-) -> PluginWorker {
-    let (tx, rx) = mpsc::channel(ctx.delivery.queue);
-    let (done_tx, done_rx) = stdmpsc::channel::<()>();
-    let name = manifest.name.clone();
-    let manifest = Arc::new(manifest);
-    let w_caps = caps.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("plugin-{name}"))
-        .spawn(move || {
-            if let Some(prev) = wait_for {
-                // Returns when the previous version's worker has exited.
-                let _ = prev.recv();
-            }
-            Worker { code, caps: w_caps, ctx, instance: None, failures: 0 }.run(rx);
-            drop(done_tx);
+}
+
+struct SlotState {
+    version: Option<Arc<Version>>,
+    /// Bumped by every install, removal and flush.
+    epoch: u64,
+    /// The last epoch whose queued events were dead-lettered, and why: events a
+    /// worker took before it are dead-lettered too, never run on a later version.
+    flushed_epoch: u64,
+    flush_cause: String,
+    queue: VecDeque<Envelope>,
+    worker: Option<JoinHandle<()>>,
+    worker_alive: bool,
+    worker_idle: bool,
+    senders_waiting: usize,
+    closing: bool,
+    /// Consecutive failed events, and the last cause (for the status file).
+    failures: u32,
+    reason: String,
+}
+
+impl Slot {
+    fn new(name: &str, registry: Arc<Registry>) -> Arc<Slot> {
+        Arc::new(Slot {
+            name: name.to_string(),
+            state: Mutex::new(SlotState {
+                version: None,
+                epoch: 0,
+                flushed_epoch: 0,
+                flush_cause: String::new(),
+                queue: VecDeque::new(),
+                worker: None,
+                worker_alive: false,
+                worker_idle: false,
+                senders_waiting: 0,
+                closing: false,
+                failures: 0,
+                reason: String::new(),
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            epoch: AtomicU64::new(0),
+            health: AtomicU8::new(Health::Healthy as u8),
+            probe_at: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            ctx: registry.ctx.clone(),
+            registry: Arc::downgrade(&registry),
         })
-        .expect("spawn plugin worker thread");
-    PluginWorker {
-        name,
-        version: manifest.version.clone(),
-        digest,
-        manifest,
-        caps,
-        tx,
-        done: Mutex::new(Some(done_rx)),
-        thread: Mutex::new(Some(thread)),
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().expect("slot lock")
+    }
+
+    fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    fn set_health(&self, h: Health) {
+        self.health.store(h as u8, Ordering::Release);
+    }
+
+    fn info(&self) -> Option<PluginInfo> {
+        let st = self.lock();
+        let v = st.version.as_ref()?;
+        Some(PluginInfo { name: self.name.clone(), version: v.manifest.version.clone(), digest: v.digest.clone(), health: self.health() })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.registry.upgrade().map(|r| r.now_ms()).unwrap_or(u64::MAX)
+    }
+
+    fn write_status(&self) {
+        if let Some(r) = self.registry.upgrade() {
+            r.write_status();
+        }
+    }
+
+    /// Takes every queued event out to be dead-lettered with `cause`, and marks the
+    /// events the worker already took as flushed too.
+    fn flush(&self, st: &mut SlotState, cause: String) -> (Vec<Envelope>, String) {
+        st.epoch += 1;
+        st.flushed_epoch = st.epoch;
+        st.flush_cause = cause.clone();
+        self.epoch.store(st.epoch, Ordering::Release);
+        let taken: Vec<Envelope> = st.queue.drain(..).collect();
+        self.space.notify_all();
+        self.work.notify_all();
+        (taken, cause)
+    }
+
+    /// Records `envs` as dead letters for this plugin (one write and fsync), then
+    /// releases their tickets.
+    fn dead_letter(&self, envs: Vec<Envelope>, cause: &str) {
+        if envs.is_empty() {
+            return;
+        }
+        let events: Vec<&oplet_sdk::Event> = envs.iter().map(|e| &*e.event).collect();
+        if let Err(e) = self.ctx.dead.record_all_retrying(&self.name, &events, cause) {
+            // Only when the host is stopping: the events are held, never passed.
+            tracing::error!(plugin = %self.name, "{e}; stopping with {} event(s) held (replayed on the next start)", envs.len());
+            for env in envs {
+                env.ticket.hold();
+            }
+            return;
+        }
+        self.dead_lettered.fetch_add(envs.len() as u64, Ordering::Relaxed);
+        drop(envs);
+    }
+
+    /// Quarantines the plugin now (called with the lock held).
+    fn quarantine(&self, st: &mut SlotState, why: String) {
+        let period = self.ctx.delivery.quarantine_ms;
+        self.probe_at.store(self.now_ms().saturating_add(period), Ordering::Release);
+        self.set_health(Health::Quarantined);
+        tracing::error!(
+            plugin = %self.name,
+            consecutive_failures = st.failures,
+            probe_in_ms = period,
+            policy = ?self.ctx.delivery.on_quarantine,
+            "plugin quarantined: {why}; its events are {} until a probe event succeeds (state in plugins.json)",
+            match self.ctx.delivery.on_quarantine {
+                OnQuarantine::DeadLetter => "dead-lettered",
+                OnQuarantine::Hold => "held (the checkpoint waits)",
+            }
+        );
+        st.reason = why;
+        self.space.notify_all();
+    }
+
+    /// Whether new events go straight to the dead letters: quarantined, policy
+    /// `dead_letter`, probe time not reached.
+    fn shedding(&self) -> bool {
+        self.health() == Health::Quarantined
+            && self.ctx.delivery.on_quarantine == OnQuarantine::DeadLetter
+            && self.now_ms() < self.probe_at.load(Ordering::Acquire)
+    }
+
+    /// Queues `envs` (leaving it empty). Waits for room while the plugin is
+    /// healthy (backpressure). A failing plugin never makes the dispatcher wait
+    /// under policy `dead_letter`: a full queue quarantines it, and a quarantined
+    /// plugin's events are dead-lettered at once, its older queued events first.
+    fn push(&self, envs: &mut Vec<Envelope>) {
+        let cap = self.ctx.delivery.queue.max(1);
+        let mut shed: Option<(Vec<Envelope>, String)> = None;
+        let mut tripped = false;
+        let mut st = self.lock();
+        loop {
+            if st.version.is_none() {
+                // Removed after this dispatcher read its routes: not delivered,
+                // as for any plugin that is not loaded.
+                break;
+            }
+            if self.shedding() {
+                let why = format!("plugin {} is quarantined: {}", self.name, st.reason);
+                let (mut taken, cause) = self.flush(&mut st, why);
+                taken.append(envs);
+                shed = Some((taken, cause));
+                break;
+            }
+            let room = cap.saturating_sub(st.queue.len());
+            let n = room.min(envs.len());
+            if n > 0 {
+                st.queue.extend(envs.drain(..n));
+                if st.worker_idle {
+                    self.work.notify_one();
+                }
+            }
+            if envs.is_empty() {
+                break;
+            }
+            let delivery = &self.ctx.delivery;
+            if self.health() != Health::Healthy && delivery.quarantine_after > 0 && delivery.on_quarantine == OnQuarantine::DeadLetter {
+                let why = format!(
+                    "its queue of {cap} events filled while it was failing ({} failed event(s) in a row; last: {})",
+                    st.failures, st.reason
+                );
+                self.quarantine(&mut st, why);
+                tripped = true;
+                continue;
+            }
+            st.senders_waiting += 1;
+            st = self.space.wait(st).expect("slot lock");
+            st.senders_waiting -= 1;
+        }
+        drop(st);
+        envs.clear();
+        if let Some((taken, cause)) = shed {
+            self.dead_letter(taken, &cause);
+        }
+        if tripped {
+            self.write_status();
+        }
     }
 }
 
+/// The thread that runs one plugin's events, one version at a time.
 struct Worker {
-    code: PluginCode,
-    caps: Capabilities,
-    ctx: Arc<WorkerContext>,
+    slot: Arc<Slot>,
+    version: Option<Arc<Version>>,
     instance: Option<Instance>,
-    /// Consecutive calls that poisoned the instance, for backoff.
-    failures: u32,
+    /// Taken from the queue, not yet done; swapped with the queue each turn so
+    /// neither reallocates.
+    batch: VecDeque<Envelope>,
+    /// Events to dead-letter together at the end of the turn.
+    dead: Vec<(Envelope, String)>,
+}
+
+enum Step {
+    Done,
+    /// Run this event again: the version changed while it was held.
+    Again(Envelope),
 }
 
 impl Worker {
-    fn run(mut self, mut rx: mpsc::Receiver<Envelope>) {
-        while let Some(env) = rx.blocking_recv() {
-            self.handle(env);
+    fn new(slot: Arc<Slot>) -> Worker {
+        Worker { slot, version: None, instance: None, batch: VecDeque::new(), dead: Vec::new() }
+    }
+
+    fn run(mut self) {
+        let slot = self.slot.clone();
+        loop {
+            let epoch = {
+                let mut st = slot.lock();
+                loop {
+                    if !st.queue.is_empty() {
+                        break;
+                    }
+                    if st.version.is_none() || st.closing {
+                        st.worker_alive = false;
+                        slot.space.notify_all();
+                        return;
+                    }
+                    st.worker_idle = true;
+                    st = slot.work.wait(st).expect("slot lock");
+                    st.worker_idle = false;
+                }
+                std::mem::swap(&mut st.queue, &mut self.batch);
+                if st.senders_waiting > 0 {
+                    slot.space.notify_all();
+                }
+                self.adopt(st.version.clone());
+                st.epoch
+            };
+            self.run_batch(epoch);
+            self.flush_dead();
         }
     }
 
-    fn handle(&mut self, env: Envelope) {
-        let name = self.code.name().to_string();
+    /// Switches to `version` if it is not the one running (a fresh instance).
+    fn adopt(&mut self, version: Option<Arc<Version>>) {
+        let same = match (&self.version, &version) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.version = version;
+            self.instance = None;
+        }
+    }
+
+    /// Runs the taken batch.
+    fn run_batch(&mut self, mut epoch: u64) {
+        while let Some(mut env) = self.batch.pop_front() {
+            loop {
+                if self.slot.epoch.load(Ordering::Acquire) != epoch {
+                    let st = self.slot.lock();
+                    if st.flushed_epoch > epoch {
+                        // Removed or quarantined after this batch was taken: what
+                        // was queued then is dead-lettered, never run on a later version.
+                        let cause = st.flush_cause.clone();
+                        drop(st);
+                        self.dead.push((env, cause.clone()));
+                        let rest: Vec<Envelope> = self.batch.drain(..).collect();
+                        self.dead.extend(rest.into_iter().map(|e| (e, cause.clone())));
+                        return;
+                    }
+                    epoch = st.epoch;
+                    let v = st.version.clone();
+                    drop(st);
+                    self.adopt(v);
+                }
+                match self.handle(env, epoch) {
+                    Step::Done => break,
+                    Step::Again(e) => env = e,
+                }
+            }
+        }
+    }
+
+    fn flush_dead(&mut self) {
+        if self.dead.is_empty() {
+            return;
+        }
+        let dead = std::mem::take(&mut self.dead);
+        // Group consecutive entries by cause: one write and fsync per group.
+        let mut group: Vec<Envelope> = Vec::new();
+        let mut cause = String::new();
+        for (env, c) in dead {
+            if c != cause && !group.is_empty() {
+                self.slot.dead_letter(std::mem::take(&mut group), &cause);
+            }
+            cause = c;
+            group.push(env);
+        }
+        self.slot.dead_letter(group, &cause);
+    }
+
+    fn handle(&mut self, env: Envelope, epoch: u64) -> Step {
+        let Some(version) = self.version.clone() else {
+            // Flushed above when removed; nothing to run it on.
+            return Step::Done;
+        };
+        if !version.manifest.matches(&env.event) {
+            // Routed by the previous version's subscription; this one does not take it.
+            return Step::Done;
+        }
+        let slot = self.slot.clone();
+        let delivery = &slot.ctx.delivery;
+        if slot.health() == Health::Quarantined && slot.now_ms() < slot.probe_at.load(Ordering::Acquire) {
+            match delivery.on_quarantine {
+                OnQuarantine::DeadLetter => {
+                    let cause = format!("plugin {} is quarantined: {}", slot.name, slot.lock().reason);
+                    self.dead.push((env, cause));
+                    return Step::Done;
+                }
+                OnQuarantine::Hold => {
+                    // Dead letters already decided must not wait behind the hold.
+                    self.flush_dead();
+                    let mut st = slot.lock();
+                    loop {
+                        if st.epoch != epoch {
+                            return Step::Again(env);
+                        }
+                        let now = slot.now_ms();
+                        let at = slot.probe_at.load(Ordering::Acquire);
+                        if now >= at || slot.health() != Health::Quarantined {
+                            break;
+                        }
+                        st = slot.work.wait_timeout(st, Duration::from_millis((at - now).min(60_000))).expect("slot lock").0;
+                    }
+                    drop(st);
+                    tracing::info!(plugin = %slot.name, seq = env.event.seq, "probing the quarantined plugin with the held event");
+                }
+            }
+        }
+        let name = slot.name.as_str();
         let mut attempt = 0;
-        loop {
-            match self.call(&env) {
+        let err = loop {
+            match self.call(&version, &env) {
                 Ok(effects) => {
-                    self.failures = 0;
-                    self.ctx.effects.submit(&name, &self.caps, &env.event, effects, &env.ticket);
-                    return;
+                    slot.handled.fetch_add(1, Ordering::Relaxed);
+                    slot.ctx.effects.submit(name, &version.caps, &env.event, effects, &env.ticket);
+                    if slot.health() != Health::Healthy {
+                        let mut st = slot.lock();
+                        tracing::info!(plugin = %name, seq = env.event.seq, after_failures = st.failures, "plugin recovered: an event succeeded");
+                        st.failures = 0;
+                        st.reason.clear();
+                        slot.set_health(Health::Healthy);
+                        drop(st);
+                        slot.write_status();
+                    }
+                    return Step::Done;
                 }
                 Err(err) => {
-                    let retry = err.poisons_instance() && attempt < self.ctx.delivery.plugin_retries;
+                    let retry = err.poisons_instance() && attempt < delivery.plugin_retries;
                     tracing::error!(
                         plugin = %name,
                         seq = env.event.seq,
@@ -206,33 +696,54 @@ impl Worker {
                         "plugin failed on event: {err}{}",
                         if retry { "; retrying on a fresh instance" } else { "" }
                     );
-                    if retry {
+                    if retry && slot.epoch.load(Ordering::Acquire) == epoch {
                         attempt += 1;
                         continue;
                     }
-                    self.ctx.dead.record_held(&name, &env.event, &err.to_string(), &env.ticket);
-                    if self.ctx.delivery.on_plugin_error == OnPluginError::Halt {
-                        tracing::error!(plugin = %name, seq = env.event.seq, "on_plugin_error = \"halt\": stopping without checkpointing past this event");
-                        // The event must never count as done: leak its ticket.
-                        std::mem::forget(env.ticket);
-                        self.ctx.halt.notify_one();
-                    }
-                    return;
+                    break err;
                 }
             }
+        };
+        slot.failed.fetch_add(1, Ordering::Relaxed);
+        let cause = err.to_string();
+        let mut st = slot.lock();
+        st.failures = st.failures.saturating_add(1);
+        st.reason = format!("{name} failed on seq {}: {cause}", env.event.seq);
+        let was = slot.health();
+        let limit = delivery.quarantine_after;
+        let quarantine = limit > 0 && st.failures >= limit;
+        if quarantine {
+            let why = format!("{} failed event(s) in a row (last: {cause})", st.failures);
+            slot.quarantine(&mut st, why);
+        } else if was == Health::Healthy {
+            slot.set_health(Health::Failing);
+            // A dispatcher waiting for room must learn it need not wait.
+            slot.space.notify_all();
         }
+        let hold = quarantine && delivery.on_quarantine == OnQuarantine::Hold;
+        drop(st);
+        if was != slot.health() {
+            slot.write_status();
+        }
+        if hold {
+            // Held, not dead-lettered: it runs again as the probe.
+            return Step::Again(env);
+        }
+        self.flush_dead();
+        slot.ctx.dead.record_held(name, &env.event, &cause, &env.ticket);
+        slot.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if delivery.on_plugin_error == OnPluginError::Halt {
+            tracing::error!(plugin = %name, seq = env.event.seq, "on_plugin_error = \"halt\": stopping without checkpointing past this event");
+            // The event must never count as done: leak its ticket.
+            std::mem::forget(env.ticket);
+            slot.ctx.halt.notify_one();
+        }
+        Step::Done
     }
 
-    fn call(&mut self, env: &Envelope) -> Result<Vec<oplet_sdk::Effect>, CallError> {
+    fn call(&mut self, version: &Version, env: &Envelope) -> Result<Vec<oplet_sdk::Effect>, CallError> {
         if self.instance.is_none() {
-            self.backoff();
-            match self.code.new_instance() {
-                Ok(i) => self.instance = Some(i),
-                Err(e) => {
-                    self.failures += 1;
-                    return Err(e);
-                }
-            }
+            self.instance = Some(version.code.new_instance()?);
         }
         let inst = self.instance.as_mut().expect("instance just made");
         let res = inst.handle(&env.event);
@@ -240,35 +751,8 @@ impl Worker {
             if e.poisons_instance() {
                 // Its memory may be half-updated: never call it again.
                 self.instance = None;
-                self.failures += 1;
             }
         }
         res
-    }
-
-    /// After repeated failures, wait before making another instance, so a plugin
-    /// that traps on everything does not spin a core.
-    fn backoff(&self) {
-        if self.failures >= 3 {
-            let exp = (self.failures - 3).min(8);
-            let delay = Duration::from_millis(10u64 << exp).min(Duration::from_secs(2));
-            std::thread::sleep(delay);
-        }
-    }
-}
-
-/// Moves events from the sources to the plugin workers until every source is done.
-pub async fn dispatch(mut rx: mpsc::Receiver<Envelope>, registry: Arc<Registry>) {
-    while let Some(env) = rx.recv().await {
-        let set = registry.snapshot();
-        for w in set.iter() {
-            if !w.manifest.matches(&env.event) {
-                continue;
-            }
-            let job = Envelope { event: env.event.clone(), ticket: env.ticket.clone() };
-            if w.tx.send(job).await.is_err() {
-                tracing::error!(plugin = %w.name, seq = env.event.seq, "plugin worker is gone; event not delivered to it");
-            }
-        }
     }
 }

@@ -5,6 +5,9 @@
 //! swapped in atomically when its load finishes. A version that fails validation is
 //! refused with a log line naming the file and the cause, and the version already
 //! running keeps serving. Deploy by writing elsewhere and renaming into place.
+//! The module is the commit point: a loaded plugin is replaced only when its
+//! `.wasm` file changes (renamed in, or touched), so a module never runs with a
+//! manifest renamed in ahead of it; a manifest changed alone waits for that.
 
 use super::loader::{Loaded, Loader};
 use super::{CompileBudget, Limits, PluginCode, Runtime};
@@ -90,9 +93,9 @@ pub struct PluginDir {
     dir: PathBuf,
     config: Arc<Config>,
     loader: Loader,
-    /// Digest of the files being loaded now, by plugin: a finished load is
-    /// installed only if it is still the latest version of a file still there.
-    pending: BTreeMap<String, String>,
+    /// The loads in progress, by plugin: a finished load is installed only if it
+    /// is still the latest version of a file still there.
+    pending: BTreeMap<String, PendingLoad>,
     wake_tx: Sender<Wake>,
     wake_rx: Receiver<Wake>,
     /// Set when the watch guard drops: the watch thread ends.
@@ -102,6 +105,40 @@ pub struct PluginDir {
     /// the same bad files are not reported again on every scan.
     loaded: BTreeMap<String, String>,
     refused: BTreeMap<String, String>,
+    /// The module file each loaded plugin was read from, to see a new one arrive.
+    stamps: BTreeMap<String, ModuleStamp>,
+    /// Digest of the manifest each loaded plugin runs with.
+    manifests: BTreeMap<String, String>,
+    /// Manifests changed without their module, already reported (digest).
+    waiting_manifests: BTreeMap<String, String>,
+}
+
+/// A load in progress: the files' digest, the module file it read, and the
+/// manifest's digest, recorded when it is installed.
+struct PendingLoad {
+    digest: String,
+    stamp: Option<ModuleStamp>,
+    manifest: String,
+}
+
+/// Which file a module was read from: a rename gives a new inode, a touch a new
+/// modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModuleStamp {
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+impl ModuleStamp {
+    fn of(path: &Path) -> Option<ModuleStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(ModuleStamp { inode, modified: m.modified().ok(), len: m.len() })
+    }
 }
 
 impl PluginDir {
@@ -120,6 +157,9 @@ impl PluginDir {
             registry,
             loaded: BTreeMap::new(),
             refused: BTreeMap::new(),
+            stamps: BTreeMap::new(),
+            manifests: BTreeMap::new(),
+            waiting_manifests: BTreeMap::new(),
         }
     }
 
@@ -150,6 +190,10 @@ impl PluginDir {
         let gone: Vec<String> = self.loaded.keys().filter(|n| !present.contains_key(*n)).cloned().collect();
         for name in gone {
             self.loaded.remove(&name);
+            self.stamps.remove(&name);
+            self.manifests.remove(&name);
+            self.waiting_manifests.remove(&name);
+            self.pending.remove(&name);
             if self.registry.remove(&name) {
                 tracing::info!(plugin = %name, "plugin unloaded: its .wasm file was removed");
                 changed += 1;
@@ -170,6 +214,11 @@ impl PluginDir {
                     continue;
                 }
             }
+            let stamp = ModuleStamp::of(&wasm_path);
+            if self.loaded.contains_key(&name) && stamp.is_some() && self.stamps.get(&name) == stamp.as_ref() {
+                self.note_waiting_manifest(&name, &manifest_path);
+                continue;
+            }
             let files = match PluginFiles::read(&wasm_path, &manifest_path) {
                 Ok(f) => f,
                 Err(e) => {
@@ -180,11 +229,12 @@ impl PluginDir {
             let digest = files.digest();
             if self.loaded.get(&name) == Some(&digest)
                 || self.refused.get(&name) == Some(&digest)
-                || self.pending.get(&name) == Some(&digest)
+                || self.pending.get(&name).map(|p| &p.digest) == Some(&digest)
             {
                 continue;
             }
-            self.pending.insert(name.clone(), digest.clone());
+            let manifest = text_digest(files.manifest_text.as_bytes());
+            self.pending.insert(name.clone(), PendingLoad { digest: digest.clone(), stamp, manifest });
             self.loader.start(name, digest, files);
         }
         changed
@@ -204,11 +254,11 @@ impl PluginDir {
     /// newer version was started since). Returns 1 if a plugin changed.
     fn finish(&mut self, done: Loaded) -> usize {
         let Loaded { name, digest, result, ms } = done;
-        if self.pending.get(&name) != Some(&digest) {
+        if self.pending.get(&name).map(|p| &p.digest) != Some(&digest) {
             tracing::debug!(plugin = %name, digest = %digest, "dropping a finished load: a newer version was started, or the file is gone");
             return 0;
         }
-        self.pending.remove(&name);
+        let PendingLoad { stamp, manifest: manifest_digest, .. } = self.pending.remove(&name).expect("checked above");
         match result {
             Ok((code, manifest)) => {
                 let caps = self.config.effective_capabilities(&manifest.name, &manifest.capabilities);
@@ -226,6 +276,12 @@ impl PluginDir {
                 self.registry.install(code, manifest, caps, digest.clone());
                 self.loaded.insert(name.clone(), digest);
                 self.refused.remove(&name);
+                self.waiting_manifests.remove(&name);
+                self.manifests.insert(name.clone(), manifest_digest);
+                match stamp {
+                    Some(s) => self.stamps.insert(name.clone(), s),
+                    None => self.stamps.remove(&name),
+                };
                 1
             }
             Err(e) => {
@@ -257,6 +313,25 @@ impl PluginDir {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// A loaded plugin whose module did not change: if its manifest did, say once
+    /// that it waits for the module (the commit point of a deploy).
+    fn note_waiting_manifest(&mut self, name: &str, manifest_path: &Path) {
+        let Ok(text) = std::fs::read(manifest_path) else { return };
+        let digest = text_digest(&text);
+        let Some(loaded) = self.registry.get(name) else { return };
+        if self.waiting_manifests.get(name) == Some(&digest) || self.manifests.get(name) == Some(&digest) {
+            return;
+        }
+        tracing::warn!(
+            plugin = %name,
+            version = %loaded.version,
+            "{} changed but {name}.wasm did not: the manifest takes effect when the module is renamed into place \
+             (or touched); until then the running module keeps the manifest it was deployed with",
+            manifest_path.display()
+        );
+        self.waiting_manifests.insert(name.to_string(), digest);
     }
 
     fn refuse(&mut self, name: &str, digest: String, why: &str) {
@@ -340,6 +415,10 @@ impl Drop for WatchGuard {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.wake.send(Wake::Files);
     }
+}
+
+fn text_digest(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..12])
 }
 
 fn warn_ungranted(manifest: &Manifest, granted: &crate::manifest::Capabilities) {
