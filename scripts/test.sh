@@ -15,7 +15,7 @@ cargo test --manifest-path plugins/Cargo.toml --target-dir target/wasm 2>&1 | te
 echo "[test] examples/hello-plugin (native unit tests)"
 (cd examples/hello-plugin && cargo test --target-dir ../../target/wasm) 2>&1 | tee -a "$log"
 echo "[test] workspace: sdk, host, end-to-end scenarios"
-cargo test 2>&1 | tee -a "$log"
+cargo test --no-fail-fast 2>&1 | tee -a "$log"
 # One closing line over every test binary above (the last binary alone is often
 # a doc-test run with nothing in it).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

@@ -61,7 +61,9 @@ impl HostDir {
     /// The saved checkpoint of a JSON-lines source: the last line done.
     fn checkpoint(&self, source: &str) -> Option<u64> {
         let text = std::fs::read_to_string(self.path().join(format!("state/checkpoints/{source}.json"))).ok()?;
-        serde_json::from_str::<Value>(&text).ok()?.as_u64()
+        let v = serde_json::from_str::<Value>(&text).ok()?;
+        // `{"line": N, ...}` (a bare number from older hosts is read too).
+        v.get("line").and_then(Value::as_u64).or_else(|| v.as_u64())
     }
 
     /// The host's view of one plugin (`state_dir/plugins.json`).

@@ -68,9 +68,11 @@ impl Host {
         read_lines(&self.path().join("state/dead-letters.jsonl"))
     }
 
+    /// The last line the JSON-lines source checkpointed (`{"line": N, ...}`).
     fn checkpoint(&self) -> Option<Value> {
         let text = std::fs::read_to_string(self.path().join("state/checkpoints/events.json")).ok()?;
-        Some(serde_json::from_str(&text).unwrap())
+        let v: Value = serde_json::from_str(&text).unwrap();
+        Some(v.get("line").cloned().unwrap_or(v))
     }
 }
 
