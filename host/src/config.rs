@@ -527,7 +527,7 @@ pub const NUMERIC_KEYS: &[(&str, i64, i64)] = &[
     ("limits.compile_ms", 1, 3_600_000),
     ("delivery.queue", 1, 1_000_000),
     ("delivery.plugin_retries", 0, 100),
-    ("delivery.checkpoint_interval_ms", 1, 60_000),
+    ("delivery.checkpoint_interval_ms", 1, 3_600_000),
     ("delivery.quarantine_after", 0, 1_000_000),
     ("delivery.quarantine_ms", 1, 86_400_000),
     ("delivery.shutdown_timeout_ms", 1, 86_400_000),

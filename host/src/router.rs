@@ -258,6 +258,15 @@ impl Registry {
         for t in self.close() {
             let _ = t.join();
         }
+        self.write_status();
+        // Unload every version now that no worker runs it: what a plugin owns is
+        // released before the process ends (its last log-rate report among it),
+        // not left to threads that outlive the shutdown.
+        let slots: Vec<Arc<Slot>> = self.slots.lock().expect("slots lock").values().cloned().collect();
+        for slot in slots {
+            let version = slot.lock().version.take();
+            drop(version);
+        }
     }
 
     fn now_ms(&self) -> u64 {

@@ -496,7 +496,7 @@ async fn startup_refuses_unsafe_or_wrong_settings_with_the_reason() {
     let host = HostDir::new("[limits]\nmemory_mb = 17592186044416\n");
     let mut oplet = Oplet::start(&host.config());
     assert_eq!(oplet.wait_exit(WAIT).unwrap().code(), Some(2));
-    assert!(oplet.logs().contains("[limits] memory_mb = 17592186044416 is out of range"), "{}", oplet.logs());
+    assert!(oplet.logs().contains("limits.memory_mb: must be a whole number from 1 to 4096, got 17592186044416"), "{}", oplet.logs());
 
     // A grant for a plugin that does not exist: a warning naming it.
     let host = HostDir::new("[grants.ech0]\naudit = true\n");
