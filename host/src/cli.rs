@@ -144,7 +144,7 @@ fn check(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<ExitCode> {
         l.effects,
         l.log_bytes_per_s / 1024
     );
-    println!("  subscribes to {} subscription(s); asks for {:?}", m.subscribe.len(), m.capabilities);
+    println!("  subscribes to {} subscription(s); asks for {}", m.subscribe.len(), describe_capabilities(&m.capabilities));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -167,7 +167,13 @@ fn test(wasm: &Path, events: &Path, manifest: Option<&Path>) -> anyhow::Result<E
                 continue;
             }
         };
-        let subscribed = m.matches(&event);
+        // The host never runs a plugin on an event it does not subscribe to: neither
+        // does this test, so its output is what the plugin would do when deployed.
+        if !m.matches(&event) {
+            println!("{}", serde_json::json!({"line": n, "seq": event.seq, "subscribed": false, "skipped": "the manifest's [[subscribe]] does not match this event (kind, namespace or operation), so the host would not run the plugin on it"}));
+            continue;
+        }
+        let subscribed = true;
         match instance.handle(&event) {
             Ok(effects) => {
                 let checked: Vec<serde_json::Value> = effects
@@ -192,4 +198,28 @@ fn test(wasm: &Path, events: &Path, manifest: Option<&Path>) -> anyhow::Result<E
         }
     }
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What a manifest asks for, as a person reads it: "audit; cache keys starting
+/// with "user:"; tables users; emits start_client", or "nothing".
+fn describe_capabilities(c: &crate::manifest::Capabilities) -> String {
+    let quoted = |items: &[String]| items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+    let mut parts = Vec::new();
+    if c.audit {
+        parts.push("audit records".to_string());
+    }
+    if !c.cache_prefixes.is_empty() {
+        parts.push(format!("cache deletes of keys starting with {}", quoted(&c.cache_prefixes)));
+    }
+    if !c.tables.is_empty() {
+        parts.push(format!("row upserts and deletes in tables {}", quoted(&c.tables)));
+    }
+    if !c.emit.is_empty() {
+        parts.push(format!("Socket.IO emits of {}", quoted(&c.emit)));
+    }
+    if parts.is_empty() {
+        "nothing (logs only)".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
