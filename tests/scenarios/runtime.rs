@@ -341,33 +341,27 @@ async fn plugin_check_and_test_are_the_offline_loop_for_authors() {
     // The hand-written WAT plugin, built from docs/abi.md alone, answers too.
     let dir = oplet_tests::temp_dir();
     let manifest = dir.path().join("wat.toml");
-    std::fs::write(&manifest, "name = \"wat-plugin\"\n[[subscribe]]\nnamespaces = [\"*\"]\n").unwrap();
-    let out = std::process::Command::new(oplet_tests::oplet_bin())
-        .args(["plugin", "test"])
-        .arg(plugins.path("wat-plugin"))
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--events")
-        .arg(&events)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let first: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    // `plugin test` of the WAT plugin under a manifest subscribing to `namespaces`:
+    // each output line, after the command succeeded.
+    let wat_test = |namespaces: &str| -> Vec<Value> {
+        std::fs::write(&manifest, format!("name = \"wat-plugin\"\n[[subscribe]]\nnamespaces = [\"{namespaces}\"]\n")).unwrap();
+        let out = std::process::Command::new(oplet_tests::oplet_bin())
+            .args(["plugin", "test"])
+            .arg(plugins.path("wat-plugin"))
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("--events")
+            .arg(&events)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let first = &wat_test("*")[0];
     assert_eq!(first["effects"][0], json!({"kind": "log", "data": {"level": "info", "message": "hello from WAT"}}));
 
     // Events the manifest does not subscribe to are skipped, as the host skips them.
-    std::fs::write(&manifest, "name = \"wat-plugin\"\n[[subscribe]]\nnamespaces = [\"other.*\"]\n").unwrap();
-    let out = std::process::Command::new(oplet_tests::oplet_bin())
-        .args(["plugin", "test"])
-        .arg(plugins.path("wat-plugin"))
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--events")
-        .arg(&events)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = wat_test("other.*");
     assert!(!lines.is_empty() && lines.iter().all(|l| l["subscribed"] == false && l["skipped"].is_string() && l["effects"].is_null()), "{lines:?}");
 
     // A module with the wrong ABI version fails the check with the reason.
