@@ -159,7 +159,8 @@ fn test(wasm: &Path, events: &Path, manifest: Option<&Path>) -> anyhow::Result<E
         if line.is_empty() || line.starts_with("//") {
             continue;
         }
-        let event = match crate::source::jsonl::parse_line(line, "test", n) {
+        // Encoded once, as a source does; the filter reads the header, the plugin the bytes.
+        let event = match crate::source::jsonl::parse_line(line, "test", n).and_then(|e| crate::envelope::Event::encode(&e)) {
             Ok(e) => e,
             Err(e) => {
                 failures += 1;
@@ -174,7 +175,7 @@ fn test(wasm: &Path, events: &Path, manifest: Option<&Path>) -> anyhow::Result<E
             continue;
         }
         let subscribed = true;
-        match instance.handle(&event) {
+        match instance.handle(event.bytes()) {
             Ok(effects) => {
                 let checked: Vec<serde_json::Value> = effects
                     .iter()

@@ -5,12 +5,14 @@
 //! holding a ticket use `record_held`, which keeps retrying (the host degraded,
 //! backpressure up to the sources) and, if the host stops first, holds the ticket
 //! so the checkpoint never passes an event that is neither applied nor recorded.
-//! Re-drive by feeding the `event` fields back through a JSON-lines source.
+//! Re-drive by feeding the `event` fields back through a JSON-lines source. The
+//! event arrives as its encoded bytes; it is decoded to JSON only here, on this
+//! rare path.
 
 use crate::append::AppendFile;
 use crate::checkpoint::Ticket;
 use crate::health::Health;
-use oplet_sdk::Event;
+use crate::envelope::Event;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,8 +130,13 @@ impl DeadLetters {
     }
 }
 
-/// One dead letter as a JSON line.
+/// One dead letter as a JSON line. The event is decoded from its bytes; bytes that
+/// do not decode (never written by this host) are kept as an error beside the header.
 fn line(stage: &str, event: &Event, error: &str) -> String {
+    let body = match event.decode() {
+        Ok(owned) => serde_json::to_value(&owned).unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() })),
+        Err(e) => serde_json::json!({ "undecodable": e }),
+    };
     let mut text = serde_json::json!({
         "time_ms": now_ms(),
         "stage": stage,
@@ -137,7 +144,7 @@ fn line(stage: &str, event: &Event, error: &str) -> String {
         "seq": event.seq,
         "event_id": event.id,
         "error": error,
-        "event": event,
+        "event": body,
     })
     .to_string();
     text.push('\n');

@@ -4,7 +4,8 @@
 //! capabilities it asks for, its limits and its config. Unknown keys are errors
 //! (a typo must not silently widen or narrow a subscription).
 
-use oplet_sdk::{namespace_matches, Event, EventBody, OperationType, Value};
+use crate::envelope::{Event, Kind};
+use oplet_sdk::{namespace_matches, Value};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -170,17 +171,14 @@ impl Subscription {
         if !self.sources.is_empty() && !self.sources.iter().any(|s| s == &event.source) {
             return false;
         }
-        match (&event.body, self.kind) {
-            (EventBody::Change(c), SubscriptionKind::Change) => {
-                let ns_ok = self.namespaces.is_empty()
-                    || self.namespaces.iter().any(|pat| namespace_matches(pat, &c.db, &c.coll));
-                let op_ok = self.operations.is_empty()
-                    || self.operations.iter().any(|o| OperationType::parse(o) == c.op);
+        // The header only: the event's bytes are never read to route it.
+        match (&event.kind, self.kind) {
+            (Kind::Change { op, db, coll }, SubscriptionKind::Change) => {
+                let ns_ok = self.namespaces.is_empty() || self.namespaces.iter().any(|pat| namespace_matches(pat, db, coll));
+                let op_ok = self.operations.is_empty() || self.operations.iter().any(|o| o == op.as_str());
                 ns_ok && op_ok
             }
-            (EventBody::Socket(s), SubscriptionKind::Socket) => {
-                self.events.is_empty() || self.events.iter().any(|e| e == &s.event)
-            }
+            (Kind::Socket { event: name }, SubscriptionKind::Socket) => self.events.is_empty() || self.events.iter().any(|e| e == name),
             _ => false,
         }
     }
@@ -201,16 +199,17 @@ pub fn toml_to_value(v: &toml::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oplet_sdk::Change;
+    use oplet_sdk::{Change, EventBody, OperationType};
 
     fn change(db: &str, coll: &str, op: OperationType) -> Event {
-        Event {
+        Event::encode(&oplet_sdk::Event {
             seq: 1,
             id: "1".into(),
             source: "mongo".into(),
             time_ms: 0,
             body: EventBody::Change(Change { op, db: db.into(), coll: coll.into(), ..Default::default() }),
-        }
+        })
+        .unwrap()
     }
 
     #[test]

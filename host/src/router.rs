@@ -427,7 +427,7 @@ impl Slot {
         if envs.is_empty() {
             return;
         }
-        let events: Vec<&oplet_sdk::Event> = envs.iter().map(|e| &*e.event).collect();
+        let events: Vec<&crate::envelope::Event> = envs.iter().map(|e| &*e.event).collect();
         if let Err(e) = self.ctx.dead.record_all_retrying(&self.name, &events, cause) {
             // Only when the host is stopping: the events are held, never passed.
             tracing::error!(plugin = %self.name, "{e}; stopping with {} event(s) held (replayed on the next start)", envs.len());
@@ -755,7 +755,7 @@ impl Worker {
             self.instance = Some(version.code.new_instance()?);
         }
         let inst = self.instance.as_mut().expect("instance just made");
-        let res = inst.handle(&env.event);
+        let res = inst.handle(env.event.bytes());
         if let Err(e) = &res {
             if e.poisons_instance() {
                 // Its memory may be half-updated: never call it again.

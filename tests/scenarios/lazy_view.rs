@@ -193,6 +193,14 @@ async fn documents_written_through_the_driver_read_the_same_lazily_and_owned() {
     drop(oplet);
 }
 
+/// A raw document as the host's transcoder writes it (the one BSON → event mapping),
+/// read back as an owned value.
+fn transcoded(raw: &RawDocumentBuf) -> oplet_sdk::Value {
+    let mut w = oplet::source::mongo::transcode::Writer::with_capacity(raw.as_bytes().len());
+    w.document(raw).unwrap();
+    oplet_sdk::codec::decode(&w.into_bytes()).unwrap()
+}
+
 /// What the server refuses, built by hand: the host's own converter turns each
 /// BSON value into the event's shape, the real runtime sends it to the guest.
 #[test]
@@ -218,8 +226,8 @@ fn hand_built_documents_with_what_the_server_refuses_read_the_same_lazily_and_ow
     // 120 levels inside the record stays under serde_json's own limit (128) below.
     all.insert("nested_120", nested(120));
     let raw = RawDocumentBuf::from_document(&all).unwrap();
-    let value = oplet::source::bson_value::document(&raw).unwrap();
-    let key = oplet::source::bson_value::document(&RawDocumentBuf::from_document(&doc! { "_id": "rich" }).unwrap()).unwrap();
+    let value = transcoded(&raw);
+    let key = transcoded(&RawDocumentBuf::from_document(&doc! { "_id": "rich" }).unwrap());
     let change = Change {
         op: OperationType::Update,
         db: "app".into(),
@@ -231,7 +239,7 @@ fn hand_built_documents_with_what_the_server_refuses_read_the_same_lazily_and_ow
         before: Some(value),
     };
     let event = Event { seq: 1, id: "hand".into(), source: "test".into(), time_ms: -1, body: EventBody::Change(change) };
-    let effects = instance.handle(&event).unwrap();
+    let effects = instance.handle(&oplet_sdk::codec::encode(&event).unwrap()).unwrap();
     let [Effect::Audit { record }] = effects.as_slice() else { panic!("{effects:?}") };
     let record: Value = serde_json::from_str(&record.to_json()).unwrap();
     assert_eq!(record["agree"], json!(true), "{}", record["mismatches"]);
@@ -251,7 +259,7 @@ fn hand_built_documents_with_what_the_server_refuses_read_the_same_lazily_and_ow
     let payload: oplet_sdk::Value = serde_json::from_str(r#"{"a":[1,{"b":null}],"c.d":"x","":{"$e":2.5}}"#).unwrap();
     let socket = oplet_sdk::SocketEvent { client: "c".into(), event: "e".into(), payload };
     let event = Event { seq: 2, id: "s".into(), source: "socket".into(), time_ms: 0, body: EventBody::Socket(socket) };
-    let effects = instance.handle(&event).unwrap();
+    let effects = instance.handle(&oplet_sdk::codec::encode(&event).unwrap()).unwrap();
     let [Effect::Audit { record }] = effects.as_slice() else { panic!("{effects:?}") };
     assert_eq!(record.get("agree"), Some(&oplet_sdk::Value::Bool(true)), "{}", record.to_json());
 }

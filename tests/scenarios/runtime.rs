@@ -395,7 +395,7 @@ fn a_loop_after_a_quiet_spell_still_times_out() {
         for _ in 0..2 {
             // Long enough for the ticker to park (20 ticks of 5 ms without a call).
             std::thread::sleep(Duration::from_millis(300));
-            let _ = tx.send(instance.handle(&event).map(|_| ()));
+            let _ = tx.send(instance.handle(&oplet_sdk::codec::encode(&event).unwrap()).map(|_| ()));
             instance = code.new_instance().unwrap();
         }
     });

@@ -443,7 +443,7 @@ fn time_limits_hold_after_the_runtime_is_dropped() {
         };
         // Long enough for the ticker to park first (20 ticks of 5 ms).
         std::thread::sleep(Duration::from_millis(300));
-        let _ = tx.send(instance.handle(&event).map(|_| ()));
+        let _ = tx.send(instance.handle(&oplet_sdk::codec::encode(&event).unwrap()).map(|_| ()));
     });
     let result = rx.recv_timeout(Duration::from_secs(60)).expect("the looping call was interrupted");
     assert_eq!(result, Err(CallError::Timeout { budget_ms: 50 }));

@@ -11,7 +11,8 @@ use super::batch::{next_batch, BatchQueue, Receiver};
 use crate::append::AppendFile;
 use crate::checkpoint::{Ticket, Tracker};
 use crate::health::Health;
-use oplet_sdk::{Event, Value};
+use crate::envelope::Event;
+use oplet_sdk::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -366,13 +367,16 @@ mod tests {
     use oplet_sdk::{EventBody, SocketEvent};
 
     fn event(n: u64) -> Arc<Event> {
-        Arc::new(Event {
-            seq: n,
-            id: format!("events:{n}"),
-            source: "events".into(),
-            time_ms: 0,
-            body: EventBody::Socket(SocketEvent { client: String::new(), event: "e".into(), payload: Value::Null }),
-        })
+        Arc::new(
+            Event::encode(&oplet_sdk::Event {
+                seq: n,
+                id: format!("events:{n}"),
+                source: "events".into(),
+                time_ms: 0,
+                body: EventBody::Socket(SocketEvent { client: String::new(), event: "e".into(), payload: Value::Null }),
+            })
+            .unwrap(),
+        )
     }
 
     fn temp(name: &str) -> PathBuf {

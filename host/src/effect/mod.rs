@@ -15,7 +15,8 @@ pub mod redis;
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use crate::manifest::Capabilities;
-use oplet_sdk::{Effect, Event, LogLevel};
+use crate::envelope::Event;
+use oplet_sdk::{Effect, LogLevel};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@
 use super::batch::{next_batch, Backoff, BatchQueue};
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
-use oplet_sdk::Event;
+use crate::envelope::Event;
 use serde::Deserialize;
 use super::batch::Receiver;
 use std::sync::Arc;

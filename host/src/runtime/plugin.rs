@@ -13,7 +13,7 @@ use super::engine::{Clock, Runtime};
 use super::inspect::TABLE_ELEMENT_BYTES;
 use super::limits::Limits;
 use super::lograte::LogBudget;
-use oplet_sdk::{codec, Effect, Event, Value, ABI_VERSION};
+use oplet_sdk::{codec, Effect, Value, ABI_VERSION};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,7 +264,7 @@ impl PluginCode {
         if found != ABI_VERSION {
             return Err(LoadErrorOrCall::Load(LoadError::AbiVersion { found, expected: ABI_VERSION }));
         }
-        let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, clock: self.clock.clone(), input: Vec::new() };
+        let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, clock: self.clock.clone() };
         if let Some(init) = inst.init.clone() {
             let config = self.config.clone();
             match inst.call(init, &config).map_err(LoadErrorOrCall::Call)? {
@@ -340,19 +340,14 @@ pub struct Instance {
     init: Option<TypedFunc<(u32, u32), u64>>,
     limits: Limits,
     clock: Arc<Clock>,
-    input: Vec<u8>,
 }
 
 impl Instance {
-    /// Runs the plugin on one event.
-    pub fn handle(&mut self, event: &Event) -> Result<Vec<Effect>, CallError> {
-        let mut input = std::mem::take(&mut self.input);
-        input.clear();
-        codec::encode_into(&mut input, event).map_err(|e| CallError::BadReply(format!("cannot encode event: {e}")))?;
+    /// Runs the plugin on one event, given as its MessagePack bytes (ABI v1,
+    /// docs/abi.md §7.1), encoded once by the source and shared by every plugin.
+    pub fn handle(&mut self, event: &[u8]) -> Result<Vec<Effect>, CallError> {
         let handle = self.handle.clone();
-        let result = self.call(handle, &input);
-        self.input = input;
-        match result? {
+        match self.call(handle, event)? {
             WireReply::Ok { effects } => {
                 let effects = effects.unwrap_or_default();
                 if effects.len() > self.limits.effects {

@@ -354,8 +354,9 @@ pub async fn run(cfg: JsonlSourceConfig, ctx: SourceContext, dead: Arc<DeadLette
         if trimmed.is_empty() || trimmed.starts_with("//") {
             continue; // ticket dropped: nothing to do for this line
         }
+        // Numbered, then encoded once: every plugin gets these bytes.
         let parsed = match std::str::from_utf8(&bytes) {
-            Ok(_) => parse_line_as(trimmed, &cfg.name, cursor.seq(), || cursor.id(&cfg.name)),
+            Ok(_) => parse_line_as(trimmed, &cfg.name, cursor.seq(), || cursor.id(&cfg.name)).and_then(|e| crate::envelope::Event::encode(&e)),
             Err(e) => Err(format!("the line is not valid UTF-8 ({e})")),
         };
         match parsed {
@@ -380,7 +381,7 @@ pub async fn run(cfg: JsonlSourceConfig, ctx: SourceContext, dead: Arc<DeadLette
                     }),
                 };
                 let stage = format!("source:{}", cfg.name);
-                dead.record_held_async(stage, Arc::new(placeholder), format!("{where_}: {e}"), ticket).await;
+                dead.record_held_async(stage, Arc::new(crate::envelope::Event::placeholder(&placeholder)), format!("{where_}: {e}"), ticket).await;
             }
         }
     }

@@ -4,7 +4,6 @@
 //! at its last checkpoint; it resumes after that position and sends `Envelope`s
 //! into the router's bounded queue, so it slows down when plugins fall behind.
 
-pub mod bson_value;
 pub mod jsonl;
 pub mod mongo;
 pub mod socket;

@@ -18,7 +18,8 @@ use crate::deadletter::{now_ms, DeadLetters};
 use crate::envelope::Envelope;
 use auth::Authenticator;
 use holds::Holds;
-use oplet_sdk::{EmitTarget, Event, EventBody, SocketEvent, Value};
+use crate::envelope::Event;
+use oplet_sdk::{EmitTarget, EventBody, SocketEvent, Value};
 use serde::{Deserialize, Serialize};
 use socketioxide::extract::{Event as EventName, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -472,7 +473,7 @@ async fn forward(shared: Arc<Shared>, uuid: String, mut rx: mpsc::Receiver<(Stri
             continue;
         };
         let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-        let ev = Event {
+        let ev = oplet_sdk::Event {
             seq,
             id: format!("{}:{}:{seq}", shared.source, shared.boot),
             source: shared.source.clone(),
@@ -480,6 +481,15 @@ async fn forward(shared: Arc<Shared>, uuid: String, mut rx: mpsc::Receiver<(Stri
             body: EventBody::Socket(SocketEvent { client: uuid.clone(), event, payload }),
         };
         let ticket = shared.tracker.ticket(seq, None);
+        // Numbered, then encoded once: every plugin gets these bytes.
+        let ev = match crate::envelope::Event::encode(&ev) {
+            Ok(ev) => ev,
+            Err(e) => {
+                bump(&shared.stats.events_refused);
+                tracing::warn!(client = %uuid, seq, "socket: client event refused: {e}");
+                continue; // its ticket is dropped: done, nothing to wait for
+            }
+        };
         bump(&shared.stats.events_in);
         if tx.send(Envelope { event: Arc::new(ev), ticket }).await.is_err() {
             return;

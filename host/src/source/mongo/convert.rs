@@ -1,18 +1,21 @@
-//! A raw change-stream document → an `Event`, leniently.
+//! A raw change-stream document → the event's bytes and header, leniently.
 //!
 //! Events are read as raw BSON, not the driver's typed `ChangeStreamEvent`,
 //! because MongoDB-compatible servers differ: `clusterTime` may be a date instead
 //! of a timestamp, `updateDescription` may be missing or null, `fullDocument._id`
 //! may come back in another shape than `documentKey._id`. Each such oddity is
 //! logged once per stream and mapped to the nearest honest value; none is fatal.
+//! The header fields are read here; the body is written by `transcode` in one pass
+//! straight into MessagePack, with no `Value` tree.
 
 use super::checkpoints::token_position;
+use super::transcode::{self, ChangeHeader, Oddity, Parts};
 use super::Target;
 use crate::checkpoint::Position;
-use crate::source::bson_value;
+use crate::envelope::{Event, Kind};
 use mongodb::bson::raw::{RawBsonRef, RawDocument};
 use mongodb::bson::Bson;
-use oplet_sdk::{Change, Event, EventBody, OperationType, Value};
+use oplet_sdk::OperationType;
 use std::collections::HashSet;
 
 pub struct Converter {
@@ -73,7 +76,6 @@ impl Converter {
     }
 
     fn event(&mut self, f: Fields<'_>, db: String, coll: String, id: String) -> Result<Event, String> {
-        let conv = |name: &str, v| bson_value::value_of(v).map_err(|e| format!("field {name}: {e}"));
         let op = match f.op {
             Some(RawBsonRef::String(s)) => OperationType::parse(s),
             _ => {
@@ -84,47 +86,24 @@ impl Converter {
         if f.ns.is_none() && !matches!(op, OperationType::Invalidate) {
             self.odd("a change event without ns", "the watched namespace is used");
         }
-        let key = f.key.map(|v| conv("documentKey", v)).transpose()?.unwrap_or_default();
-        let mut full = f.full.map(|v| conv("fullDocument", v)).transpose()?.filter(|v| !v.is_null());
-        if let (Some(Value::Map(doc)), Some(id)) = (full.as_mut(), key.get("_id")) {
-            if doc.get("_id") != Some(id) {
-                self.odd("fullDocument._id unlike documentKey._id", "documentKey._id is used in the full document");
-                doc.insert("_id".into(), id.clone());
+        let time_ms = self.time_ms(f.wall_time, f.cluster_time);
+        let header = ChangeHeader { id, op, db, coll, time_ms };
+        let parts = Parts { key: f.key, full: f.full, before: f.before, update: f.update };
+        let mut noticed = Vec::new();
+        let bytes = transcode::change_event(&self.source, &header, &parts, &mut |o| noticed.push(o))?;
+        for o in noticed {
+            match o {
+                Oddity::FullDocumentIdDiffers => {
+                    self.odd("fullDocument._id unlike documentKey._id", "documentKey._id is used in the full document")
+                }
+                Oddity::UpdateWithoutDescription => {
+                    self.odd("update events without updateDescription", "updated and removed fields are left empty")
+                }
+                Oddity::RemovedFieldNotString => self.odd("a removedFields entry that is not a string", "it is left out"),
             }
         }
-        let before = f.before.map(|v| conv("fullDocumentBeforeChange", v)).transpose()?.filter(|v| !v.is_null());
-        let (updated_fields, removed_fields) = match f.update {
-            Some(RawBsonRef::Document(d)) => self.update_description(d)?,
-            _ if op == OperationType::Update => {
-                self.odd("update events without updateDescription", "updated and removed fields are left empty");
-                (None, None)
-            }
-            _ => (None, None),
-        };
-        let time_ms = self.time_ms(f.wall_time, f.cluster_time);
-        let change = Change { op, db, coll, key, full_document: full, updated_fields, removed_fields, before };
-        Ok(Event { seq: 0, id, source: self.source.clone(), time_ms, body: EventBody::Change(change) })
-    }
-
-    fn update_description(&mut self, d: &RawDocument) -> Result<(Option<oplet_sdk::Map>, Option<Vec<String>>), String> {
-        let updated = match d.get("updatedFields") {
-            Ok(Some(RawBsonRef::Document(u))) => Some(bson_value::map(u).map_err(|e| format!("updatedFields: {e}"))?),
-            _ => None,
-        };
-        let removed = match d.get("removedFields") {
-            Ok(Some(RawBsonRef::Array(a))) => {
-                let mut out = Vec::new();
-                for v in a {
-                    match v {
-                        Ok(RawBsonRef::String(s)) => out.push(s.to_string()),
-                        _ => self.odd("a removedFields entry that is not a string", "it is left out"),
-                    }
-                }
-                Some(out)
-            }
-            _ => None,
-        };
-        Ok((updated, removed))
+        let ChangeHeader { id, op, db, coll, time_ms } = header;
+        Ok(Event::from_parts(0, id, self.source.clone(), time_ms, Kind::Change { op, db, coll }, bytes))
     }
 
     /// wallTime (a date, ms precision) when sent, else clusterTime: a timestamp (s
@@ -222,16 +201,26 @@ fn token(db: &str, coll: &str, token: RawBsonRef<'_>) -> Result<(String, Positio
 mod tests {
     use super::*;
     use mongodb::bson::{rawdoc, DateTime, Timestamp};
+    use oplet_sdk::{Change, EventBody, Value};
 
     fn target() -> Target {
         Target::Collection { db: "app".into(), coll: "items".into() }
     }
 
-    fn convert(c: &mut Converter, raw: &RawDocument) -> Event {
-        c.convert(raw).unwrap().0
+    /// The event as a plugin decodes it, checked against its header.
+    fn convert(c: &mut Converter, raw: &RawDocument) -> oplet_sdk::Event {
+        decoded(&c.convert(raw).unwrap().0)
     }
 
-    fn change(e: &Event) -> &Change {
+    fn decoded(e: &Event) -> oplet_sdk::Event {
+        let owned = e.decode().unwrap();
+        assert_eq!((owned.seq, &owned.id, &owned.source, owned.time_ms), (e.seq, &e.id, &e.source, e.time_ms));
+        let EventBody::Change(c) = &owned.body else { panic!("a change") };
+        assert_eq!(e.kind, Kind::Change { op: c.op.clone(), db: c.db.clone(), coll: c.coll.clone() }, "header and bytes agree");
+        owned
+    }
+
+    fn change(e: &oplet_sdk::Event) -> &Change {
         match &e.body {
             EventBody::Change(c) => c,
             _ => panic!("a change"),
@@ -253,6 +242,7 @@ mod tests {
         };
         let mut c = Converter::new("mongo", &target());
         let (e, position) = c.convert(&raw).unwrap();
+        let e = decoded(&e);
         assert_eq!(e.id, "app.items:8263A1");
         assert_eq!(position, serde_json::json!({"token": {"_data": "8263A1"}}));
         assert_eq!((e.source.as_str(), e.time_ms), ("mongo", 1_700_000_000_250), "wallTime wins: ms precision");
@@ -326,6 +316,7 @@ mod tests {
         let raw = rawdoc! { "_id": { "ts": 5_i64, "n": 1_i32 }, "operationType": "insert", "ns": { "db": "d", "coll": "c" } };
         let mut c = Converter::new("mongo", &Target::Deployment);
         let (e, position) = c.convert(&raw).unwrap();
+        let e = decoded(&e);
         assert_eq!(position, serde_json::json!({"token": {"ts": {"$numberLong": "5"}, "n": {"$numberInt": "1"}}}));
         assert!(e.id.starts_with("d.c:{"), "{}", e.id);
         let no_token = c.convert(&rawdoc! { "operationType": "insert" }).unwrap_err();

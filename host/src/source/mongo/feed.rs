@@ -10,8 +10,7 @@
 //! event before it is done, and a quiet collection's saved token keeps moving.
 
 use crate::checkpoint::{Position, Tracker};
-use crate::envelope::Envelope;
-use oplet_sdk::Event;
+use crate::envelope::{Envelope, Event};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -52,11 +51,14 @@ impl Feed {
         self.next_seq
     }
 
-    /// Sends `event` (its `seq` is set here); once it and every earlier event are
-    /// done, the checkpoint may move to `position`. Waits while the router is full.
-    /// False when the router has stopped.
+    /// Sends `event` (its `seq` is set here, in its bytes too); once it and every
+    /// earlier event are done, the checkpoint may move to `position`. Waits while
+    /// the router is full. False when the router has stopped.
     pub async fn send(&mut self, mut event: Event, mut position: Position) -> bool {
-        event.seq = self.next_seq;
+        if let Err(e) = event.set_seq(self.next_seq) {
+            // Only for bytes this host did not write: the header still has the seq.
+            tracing::error!(source = %self.source, stream = %self.label, seq = self.next_seq, "{e}; the event is sent with its old seq in its bytes");
+        }
         with_seq(&mut position, self.next_seq);
         self.next_seq += 1;
         let ticket = self.tracker.ticket(self.next_ticket, Some(position.clone()));
@@ -111,7 +113,7 @@ mod tests {
     use serde_json::json;
 
     fn event() -> Event {
-        Event { seq: 0, id: "x".into(), source: "m".into(), time_ms: 0, body: EventBody::Other }
+        Event::encode(&oplet_sdk::Event { seq: 0, id: "x".into(), source: "m".into(), time_ms: 0, body: EventBody::Other }).unwrap()
     }
 
     #[tokio::test]
@@ -154,7 +156,7 @@ mod tests {
             let mut feed = Feed::new("m", "a.b", tracker.clone(), tx, Some(saved));
             assert!(feed.send(event(), json!({"token": "t"})).await);
             let sent = rx.recv().await.unwrap();
-            assert_eq!(sent.event.seq, 42);
+            assert_eq!((sent.event.seq, sent.event.decode().unwrap().seq), (42, 42), "header and bytes");
             drop(sent);
             assert_eq!(tracker.position().0, Some(json!({"token": "t", "seq": 42})));
         }

@@ -13,10 +13,11 @@ use super::feed::Feed;
 use super::retry::{self, Backoff, Failure};
 use super::Shared;
 use crate::checkpoint::Position;
-use crate::source::bson_value;
+use super::transcode::{self, ChangeHeader, Parts};
+use crate::envelope::{Event, Kind};
 use mongodb::bson::raw::RawBsonRef;
-use mongodb::bson::{doc, Bson, Document, RawDocument};
-use oplet_sdk::{Change, Event, EventBody, Map, OperationType, Value};
+use mongodb::bson::{doc, Bson, Document, RawDocument, RawDocumentBuf};
+use oplet_sdk::{Change, EventBody, Map, OperationType, Value};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -101,7 +102,7 @@ pub async fn run(
                     // Dead-lettered with the cause before it is passed; if the
                     // record cannot be written the position stays before it.
                     tracing::error!(source = %feed.source(), stream = %feed.label(), "unreadable document {}: {e}; dead-lettered and passed", id);
-                    let placeholder = Event {
+                    let placeholder = Event::placeholder(&oplet_sdk::Event {
                         seq: feed.next_seq(),
                         id: format!("poll:{db}.{coll}:{id}"),
                         source: feed.source().to_string(),
@@ -113,7 +114,7 @@ pub async fn run(
                             key: Value::Map(Map::from([("_id".into(), Value::String(id.to_string()))])),
                             ..Default::default()
                         }),
-                    };
+                    });
                     let stage = format!("source:{}", feed.source());
                     if !shared.dead.record_retrying_async(stage, placeholder, format!("unreadable document: {e}")).await {
                         return Ok(());
@@ -136,12 +137,13 @@ struct Poller {
 }
 
 /// A polled document: its field value and `_id` (for the next query and the
-/// position), the field value as text (for the event id), and the document.
+/// position), the field value as text (for the event id), and the raw document,
+/// transcoded straight into the event's bytes as a change stream's are.
 struct Polled {
     value: Bson,
     id: Bson,
     stamp: String,
-    doc: Result<Value, String>,
+    doc: RawDocumentBuf,
 }
 
 impl Poller {
@@ -195,8 +197,8 @@ impl Poller {
         let id = raw.get("_id").ok().flatten();
         let value = if self.by_id() { id } else { get_path(raw, &self.field) };
         let bson = |v: Option<RawBsonRef<'_>>| v.and_then(|v| Bson::try_from(v).ok()).unwrap_or(Bson::Null);
-        let stamp = value.and_then(|v| bson_value::value_of(v).ok()).unwrap_or_default().to_key_string();
-        Polled { value: bson(value), id: bson(id), stamp, doc: bson_value::document(raw).map_err(|e| e.to_string()) }
+        let stamp = value.and_then(|v| transcode::owned(v).ok()).unwrap_or_default().to_key_string();
+        Polled { value: bson(value), id: bson(id), stamp, doc: raw.to_raw_document_buf() }
     }
 
     /// The event for a polled document, or `None` if `operations` leaves it out.
@@ -205,8 +207,8 @@ impl Poller {
         if !operations.is_empty() && !operations.iter().any(|o| o == op.as_str()) {
             return Ok(None);
         }
-        let doc = polled.doc?;
-        let id = doc.get("_id").cloned().unwrap_or_default();
+        let raw_id = polled.doc.get("_id").map_err(|e| format!("field _id: {e}"))?;
+        let id = raw_id.map(transcode::owned).transpose().map_err(|e| format!("field _id: {e}"))?.unwrap_or_default();
         let event_id = if self.by_id() {
             format!("poll:{db}.{coll}:{}", id.to_key_string())
         } else {
@@ -216,15 +218,16 @@ impl Poller {
             Bson::DateTime(d) => d.timestamp_millis(),
             _ => crate::deadletter::now_ms(),
         };
-        let change = Change {
-            op,
-            db: db.into(),
-            coll: coll.into(),
-            key: Value::Map(Map::from([("_id".into(), id)])),
-            full_document: Some(doc),
-            ..Default::default()
-        };
-        Ok(Some(Event { seq: 0, id: event_id, source: source.into(), time_ms, body: EventBody::Change(change) }))
+        // documentKey as a change stream sends it: `{_id: ...}`.
+        let mut key = RawDocumentBuf::new();
+        if let Some(raw_id) = raw_id {
+            key.append_ref("_id", raw_id);
+        }
+        let parts = Parts { key: Some(RawBsonRef::Document(&key)), full: Some(RawBsonRef::Document(&polled.doc)), ..Parts::default() };
+        let header = ChangeHeader { id: event_id, op, db: db.into(), coll: coll.into(), time_ms };
+        let bytes = transcode::change_event(source, &header, &parts, &mut |_| {})?;
+        let ChangeHeader { id, op, db, coll, time_ms } = header;
+        Ok(Some(Event::from_parts(0, id, source.into(), time_ms, Kind::Change { op, db, coll }, bytes)))
     }
 }
 
@@ -255,7 +258,7 @@ mod tests {
         let raw = rawdoc! { "_id": "a", "meta": { "updatedAt": DateTime::from_millis(1_700_000_000_000) }, "n": 1_i32 };
         let polled = p.read(&raw);
         assert_eq!(polled.value, Bson::DateTime(DateTime::from_millis(1_700_000_000_000)));
-        let e = p.event("m", "app", "items", polled, &[]).unwrap().unwrap();
+        let e = p.event("m", "app", "items", polled, &[]).unwrap().unwrap().decode().unwrap();
         assert_eq!(e.id, "poll:app.items:a:1700000000000");
         assert_eq!(e.time_ms, 1_700_000_000_000);
         let EventBody::Change(c) = &e.body else { panic!() };
@@ -268,7 +271,7 @@ mod tests {
     #[tokio::test]
     async fn polling_on_id_sees_inserts() {
         let p = poller("_id");
-        let e = p.event("m", "app", "items", p.read(&rawdoc! { "_id": 7_i32 }), &[]).unwrap().unwrap();
+        let e = p.event("m", "app", "items", p.read(&rawdoc! { "_id": 7_i32 }), &[]).unwrap().unwrap().decode().unwrap();
         assert_eq!(e.id, "poll:app.items:7");
         let EventBody::Change(c) = &e.body else { panic!() };
         assert_eq!(c.op, OperationType::Insert);

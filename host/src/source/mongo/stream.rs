@@ -209,7 +209,7 @@ async fn deliver(shared: &Shared, feed: &mut Feed, conv: &mut Converter, raw: &R
                 source = %feed.source(), stream = %feed.label(), event = bad.id.as_deref().unwrap_or("?"),
                 "unreadable change event: {}; dead-lettered and skipped", bad.error
             );
-            let placeholder = Event {
+            let placeholder = crate::envelope::Event::placeholder(&Event {
                 seq: feed.next_seq(),
                 id: bad.id.unwrap_or_default(),
                 source: feed.source().to_string(),
@@ -219,7 +219,7 @@ async fn deliver(shared: &Shared, feed: &mut Feed, conv: &mut Converter, raw: &R
                     full_document: Some(Value::String(format!("{raw:?}"))),
                     ..Default::default()
                 }),
-            };
+            });
             let stage = format!("source:{}", feed.source());
             if !shared.dead.record_retrying_async(stage, placeholder, bad.error).await {
                 return false; // the host is stopping: the event is not passed

@@ -29,9 +29,9 @@ pub struct ChangeHeader {
     pub time_ms: i64,
 }
 
-/// Offset of the 8 bytes of `seq` in every event this module writes: after the
-/// fixmap header (1), the key "seq" (4) and the u64 marker (1).
-pub const SEQ_AT: usize = 1 + 4 + 1;
+/// Offset of the 8 bytes of `seq` in every event this module writes (the
+/// envelope's `Event::set_seq` patches them there).
+pub use crate::envelope::SEQ_AT;
 
 impl Writer {
     pub fn with_capacity(n: usize) -> Writer {
@@ -174,14 +174,24 @@ impl Writer {
             RawBsonRef::Symbol(s) => self.wrap("$symbol", |w| w.str(s)),
             RawBsonRef::MaxKey => self.wrap("$maxKey", |w| w.int(1)),
             RawBsonRef::MinKey => self.wrap("$minKey", |w| w.int(1)),
-            // Deprecated and rare: the owned path says them well enough.
+            // Code with scope and DBPointer: deprecated, rare, and their parts are not
+            // all public in the raw API; the driver's relaxed extended JSON says them well.
             other @ (RawBsonRef::JavaScriptCodeWithScope(_) | RawBsonRef::DbPointer(_)) => {
-                let v = crate::source::bson_value::value_of(other).map_err(|e| e.to_string())?;
+                let json = mongodb::bson::Bson::try_from(other).map_err(|e| e.to_string())?.into_relaxed_extjson();
+                let v: oplet_sdk::Value = serde_json::from_value(json).map_err(|e| e.to_string())?;
                 oplet_sdk::codec::encode_into(&mut self.buf, &v).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
     }
+}
+
+/// One small BSON value (an `_id`, a polling field) as an owned `Value`, through
+/// the same mapping, for the host's own keys and ids; never a whole document.
+pub fn owned(value: RawBsonRef<'_>) -> Result<oplet_sdk::Value, String> {
+    let mut w = Writer::with_capacity(32);
+    w.value(value)?;
+    oplet_sdk::codec::decode(&w.buf).map_err(|e| e.to_string())
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -359,53 +369,104 @@ mod tests {
     use mongodb::bson::{rawdoc, Binary, DateTime, Decimal128, Regex, Timestamp};
     use oplet_sdk::{codec, Change, Event, EventBody, Value};
 
-    /// The owned path, for comparison: bson_value's tree.
-    fn owned(doc: &RawDocument) -> Value {
-        crate::source::bson_value::document(doc).unwrap()
-    }
-
     fn transcoded(doc: &RawDocument) -> Value {
         let mut w = Writer::with_capacity(64);
         w.document(doc).unwrap();
         codec::decode(&w.into_bytes()).unwrap()
     }
 
+    fn one(value: impl Into<mongodb::bson::RawBson>) -> Value {
+        let doc = rawdoc! { "v": value.into() };
+        transcoded(&doc).get("v").cloned().unwrap()
+    }
+
+    fn json(v: &Value) -> String {
+        v.to_json()
+    }
+
     #[test]
-    fn every_bson_type_reads_back_as_the_owned_path_gives_it() {
+    fn json_types_map_to_themselves() {
+        let doc = rawdoc! {
+            "s": "text", "i32": 7_i32, "i64": -9_000_000_000_i64, "f": 1.5, "t": true, "n": null,
+            "arr": [1_i32, "two", { "three": 3_i32 }], "sub": { "a": { "b": false } },
+        };
+        assert_eq!(
+            json(&transcoded(&doc)),
+            r#"{"arr":[1,"two",{"three":3}],"f":1.5,"i32":7,"i64":-9000000000,"n":null,"s":"text","sub":{"a":{"b":false}},"t":true}"#
+        );
+    }
+
+    #[test]
+    fn bson_only_types_take_the_documented_extended_json_shapes() {
         let oid = ObjectId::parse_str("65a1f0c2e4b0a1b2c3d4e5f6").unwrap();
+        assert_eq!(json(&one(oid)), r#"{"$oid":"65a1f0c2e4b0a1b2c3d4e5f6"}"#);
+        assert_eq!(json(&one(DateTime::from_millis(1_700_000_000_000))), r#"{"$date":1700000000000}"#);
+        assert_eq!(json(&one(DateTime::from_millis(-86_400_000))), r#"{"$date":-86400000}"#, "dates before 1970 stay millis");
+        let dec: Decimal128 = "12.50".parse().unwrap();
+        assert_eq!(json(&one(dec)), r#"{"$numberDecimal":"12.50"}"#);
+        let bin = Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2, 3] };
+        assert_eq!(json(&one(bin)), r#"{"$binary":{"base64":"AQID","subType":"00"}}"#);
+        let uuid = Binary { subtype: BinarySubtype::Uuid, bytes: vec![0xff; 16] };
+        assert_eq!(one(uuid).get_path("$binary.subType"), Some(&Value::from("04")));
+        let user = Binary { subtype: BinarySubtype::UserDefined(0x80), bytes: vec![] };
+        assert_eq!(json(&one(user)), r#"{"$binary":{"base64":"","subType":"80"}}"#);
+        let ts = Timestamp { time: 1_700_000_000, increment: 3 };
+        assert_eq!(json(&one(ts)), r#"{"$timestamp":{"i":3,"t":1700000000}}"#);
+        assert_eq!(one(i64::MIN), Value::Int(i64::MIN));
+        assert!(one(f64::NAN).as_f64().is_some_and(f64::is_nan));
+        assert_eq!(one(f64::NEG_INFINITY), Value::Float(f64::NEG_INFINITY));
+    }
+
+    #[test]
+    fn keys_with_dots_dollars_unicode_and_deep_nesting_come_through() {
         let mut deep = rawdoc! { "leaf": "x" };
         for i in 0..100 {
             deep = rawdoc! { format!("l{i}"): deep };
         }
-        let doc = rawdoc! {
-            "s": "text", "empty": "", "i32": -7_i32, "i64": i64::MIN, "big": i64::MAX, "f": 1.5, "nan": f64::NAN,
-            "inf": f64::INFINITY, "ninf": f64::NEG_INFINITY, "t": true, "n": null,
-            "arr": [1_i32, "two", { "three": 3_i32 }, []], "sub": { "a": { "b": false } }, "": "empty key",
-            "a.b": "dotted", "$x": "dollar", "ünï": "cödé ✓",
-            "oid": oid, "date": DateTime::from_millis(-86_400_000), "dec": "12.50".parse::<Decimal128>().unwrap(),
-            "bin": Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2, 3] },
-            "uuid": Binary { subtype: BinarySubtype::Uuid, bytes: vec![0xab; 16] },
-            "user": Binary { subtype: BinarySubtype::UserDefined(0x80), bytes: vec![] },
-            "ts": Timestamp { time: 1_700_000_000, increment: 3 },
-            "re": Regex { pattern: "^a.*".into(), options: "im".into() },
-            "code": mongodb::bson::RawBson::JavaScriptCode("f()".into()),
-            "max": mongodb::bson::RawBson::MaxKey, "min": mongodb::bson::RawBson::MinKey,
-            "undef": mongodb::bson::RawBson::Undefined,
-            "scope": mongodb::bson::RawBson::JavaScriptCodeWithScope(mongodb::bson::raw::RawJavaScriptCodeWithScope {
-                code: "x".into(), scope: rawdoc! { "a": 1_i32 },
-            }),
-            "deep": deep,
-        };
-        let (a, b) = (transcoded(&doc), owned(&doc));
-        // NaN is not equal to itself: compare it apart, then the rest.
-        assert!(a.get("nan").and_then(Value::as_f64).is_some_and(f64::is_nan));
-        let strip = |mut v: Value| {
-            if let Value::Map(m) = &mut v {
-                m.remove("nan");
-            }
-            v
-        };
-        assert_eq!(strip(a), strip(b));
+        let doc = rawdoc! { "": "empty key", "a.b": "dotted", "$x": "dollar", "ünï": "cödé ✓", "deep": deep };
+        let v = transcoded(&doc);
+        for (k, want) in [("", "empty key"), ("a.b", "dotted"), ("$x", "dollar"), ("ünï", "cödé ✓")] {
+            assert_eq!(v.get(k), Some(&Value::from(want)), "{k}");
+        }
+        let mut at = v.get("deep").unwrap();
+        for i in (0..100).rev() {
+            at = at.get(&format!("l{i}")).unwrap();
+        }
+        assert_eq!(at.get("leaf"), Some(&Value::from("x")));
+    }
+
+    #[test]
+    fn the_sdk_reads_the_shapes_back_as_keys() {
+        let oid = ObjectId::parse_str("65a1f0c2e4b0a1b2c3d4e5f6").unwrap();
+        assert_eq!(one(oid).to_key_string(), "65a1f0c2e4b0a1b2c3d4e5f6");
+        assert_eq!(one(DateTime::from_millis(42)).to_key_string(), "42");
+        assert_eq!(one("12.50".parse::<Decimal128>().unwrap()).to_key_string(), "12.50");
+        let doc = rawdoc! { "_id": oid };
+        assert_eq!(owned(doc.get("_id").unwrap().unwrap()).unwrap().to_key_string(), "65a1f0c2e4b0a1b2c3d4e5f6");
+    }
+
+    #[test]
+    fn legacy_types_become_opaque_dollar_maps() {
+        assert_eq!(json(&one(Regex { pattern: "^a".into(), options: "i".into() })), r#"{"$regularExpression":{"options":"i","pattern":"^a"}}"#);
+        assert_eq!(json(&one(mongodb::bson::RawBson::JavaScriptCode("f()".into()))), r#"{"$code":"f()"}"#);
+        assert_eq!(json(&one(mongodb::bson::RawBson::MaxKey)), r#"{"$maxKey":1}"#);
+        assert_eq!(json(&one(mongodb::bson::RawBson::MinKey)), r#"{"$minKey":1}"#);
+        assert_eq!(one(mongodb::bson::RawBson::Undefined), Value::Null);
+        let with_scope = mongodb::bson::RawBson::JavaScriptCodeWithScope(mongodb::bson::raw::RawJavaScriptCodeWithScope {
+            code: "x".into(),
+            scope: rawdoc! { "a": 1_i32 },
+        });
+        assert_eq!(one(with_scope).get("$code"), Some(&Value::from("x")));
+    }
+
+    #[test]
+    fn a_truncated_document_is_an_error_not_a_panic() {
+        let doc = rawdoc! { "a": "some text", "b": 1_i32 };
+        let mut bytes = doc.into_bytes();
+        // Claim a longer string than the document holds.
+        bytes[4 + 1 + 2] = 200;
+        let broken = RawDocument::from_bytes(&bytes).unwrap();
+        assert!(Writer::with_capacity(16).document(broken).is_err());
     }
 
     fn event(raw: &RawDocument, op: OperationType) -> (Event, Vec<Oddity>) {
