@@ -755,6 +755,8 @@ impl Worker {
             self.instance = Some(version.code.new_instance()?);
         }
         let inst = self.instance.as_mut().expect("instance just made");
+        #[cfg(test)]
+        tests::HANDED.lock().expect("test log").push((self.slot.name.clone(), env.event.seq, env.event.bytes().as_ptr() as usize));
         let res = inst.handle(env.event.bytes());
         if let Err(e) = &res {
             if e.poisons_instance() {
@@ -763,5 +765,70 @@ impl Worker {
             }
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Tracker;
+    use crate::deadletter::DeadLetters;
+    use crate::effect::Executors;
+    use crate::envelope::Event;
+    use crate::runtime::{Limits, Runtime};
+    use oplet_sdk::{Change, EventBody, OperationType};
+    use std::path::Path;
+
+    /// (plugin, seq, address of the bytes) of every call a worker made.
+    pub(super) static HANDED: Mutex<Vec<(String, u64, usize)>> = Mutex::new(Vec::new());
+
+    #[test]
+    fn every_subscribed_plugin_is_handed_the_same_bytes_of_an_event() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let dir = std::env::temp_dir().join(format!("oplet-router-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dead = Arc::new(DeadLetters::open(&dir.join("dead.jsonl")).unwrap());
+        let effects = Arc::new(Effects::new(Executors::default(), dead.clone()));
+        let ctx = Arc::new(WorkerContext { effects, dead, delivery: DeliveryConfig::default(), halt: Arc::new(tokio::sync::Notify::new()) });
+        let registry = Registry::new(ctx);
+        let runtime = Runtime::new(None).unwrap();
+        let wasm = wat::parse_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wat-plugin/plugin.wat")).unwrap();
+        // Four plugins take every change; a fifth takes socket events only.
+        let names = ["shared-a", "shared-b", "shared-c", "shared-d", "shared-socket"];
+        for name in names {
+            let kind = if name == "shared-socket" { "kind = \"socket\"\n" } else { "" };
+            let manifest = Manifest::from_toml(&format!("name = \"{name}\"\n[[subscribe]]\n{kind}"), Path::new("t.toml")).unwrap();
+            let code = PluginCode::load(&runtime, name, &wasm, Limits::default(), &oplet_sdk::Value::Null).unwrap();
+            registry.install(code, manifest, Capabilities::default(), "digest".into());
+        }
+        let tracker = Tracker::new("t", 1, None);
+        let events: Vec<Arc<Event>> = (1..=3)
+            .map(|seq| {
+                let change = Change { op: OperationType::Insert, db: "app".into(), coll: "items".into(), ..Default::default() };
+                let e = oplet_sdk::Event { seq, id: format!("e{seq}"), source: "t".into(), time_ms: 0, body: EventBody::Change(change) };
+                Arc::new(Event::encode(&e).unwrap())
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(8);
+        let dispatcher = registry.spawn_dispatcher("t", rx).unwrap();
+        rt.block_on(async {
+            for e in &events {
+                tx.send(Envelope { event: e.clone(), ticket: tracker.ticket(e.seq, None) }).await.unwrap();
+            }
+        });
+        drop(tx);
+        dispatcher.join().unwrap();
+        registry.shutdown();
+        assert_eq!(tracker.completed(), 3, "every event done once every worker has drained");
+        let handed: Vec<_> = HANDED.lock().unwrap().iter().filter(|(p, ..)| p.starts_with("shared-")).cloned().collect();
+        assert!(!handed.iter().any(|(p, ..)| p == "shared-socket"), "the header filter kept changes from the socket plugin");
+        for e in &events {
+            let calls: Vec<_> = handed.iter().filter(|(_, seq, _)| *seq == e.seq).collect();
+            assert_eq!(calls.len(), 4, "four plugins ran seq {}: {calls:?}", e.seq);
+            let at = e.bytes().as_ptr() as usize;
+            assert!(calls.iter().all(|(.., addr)| *addr == at), "seq {}: every plugin read the one encoding at {at:#x}: {calls:?}", e.seq);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -268,6 +268,32 @@ mod tests {
         assert!(p.event("m", "app", "items", p.read(&raw), &["insert".into()]).unwrap().is_none(), "filtered out");
     }
 
+    /// The fallback must hand plugins what the change stream would: the same
+    /// bytes for the key and the document, whatever BSON types they hold.
+    #[tokio::test]
+    async fn a_polled_document_has_the_shape_the_stream_gives_the_same_document() {
+        let oid = mongodb::bson::oid::ObjectId::parse_str("65a1f0c2e4b0a1b2c3d4e5f6").unwrap();
+        let doc = rawdoc! {
+            "_id": oid, "updatedAt": DateTime::from_millis(-5), "n": 1_i64, "f": 0.5, "s": "ü", "a.b": [1_i32, { "$x": null }],
+            "bin": mongodb::bson::Binary { subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] },
+            "dec": "1.10".parse::<mongodb::bson::Decimal128>().unwrap(),
+            "ts": mongodb::bson::Timestamp { time: 9, increment: 2 },
+        };
+        let polled = poller("updatedAt").event("m", "app", "items", poller("updatedAt").read(&doc), &[]).unwrap().unwrap();
+        let streamed = rawdoc! {
+            "_id": { "_data": "t1" }, "operationType": "replace", "ns": { "db": "app", "coll": "items" },
+            "clusterTime": mongodb::bson::Timestamp { time: 1, increment: 1 },
+            "documentKey": { "_id": oid }, "fullDocument": doc.clone(),
+        };
+        let (streamed, _) = super::super::convert::Converter::new("m", &super::super::Target::Collection { db: "app".into(), coll: "items".into() })
+            .convert(&streamed)
+            .unwrap();
+        assert_eq!(polled.kind, streamed.kind, "what subscriptions match on");
+        let (EventBody::Change(p), EventBody::Change(s)) = (polled.decode().unwrap().body, streamed.decode().unwrap().body) else { panic!("changes") };
+        assert_eq!(p, s, "every field of the change: op, namespace, key, full document, the rest nil");
+        assert_eq!(p.full_document.unwrap().get("_id"), Some(&Value::Map(Map::from([("$oid".into(), Value::from("65a1f0c2e4b0a1b2c3d4e5f6"))]))));
+    }
+
     #[tokio::test]
     async fn polling_on_id_sees_inserts() {
         let p = poller("_id");
