@@ -94,8 +94,8 @@ fn median(xs: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn event(seq: u64) -> Arc<Event> {
-    Arc::new(Event { seq, id: format!("bench:{seq}"), source: "bench".into(), time_ms: 0, body: EventBody::Other })
+fn event(seq: u64) -> Arc<oplet::envelope::Event> {
+    Arc::new(oplet::envelope::Event::encode(&Event { seq, id: format!("bench:{seq}"), source: "bench".into(), time_ms: 0, body: EventBody::Other }).unwrap())
 }
 
 /// Submits `count` tickets' worth of work with `submit` and returns per second

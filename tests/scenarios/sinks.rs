@@ -488,7 +488,7 @@ mod executor {
                 s.spawn(|| {
                     for (i, op) in ops.into_iter().enumerate() {
                         let seq = first + i as u64;
-                        let event = Arc::new(Event { seq, id: format!("t:{seq}"), source: "t".into(), time_ms: 0, body: EventBody::Other });
+                        let event = Arc::new(oplet::envelope::Event::encode(&Event { seq, id: format!("t:{seq}"), source: "t".into(), time_ms: 0, body: EventBody::Other }).unwrap());
                         handle.apply("p", &event, op, tracker.ticket(seq, None));
                     }
                 });
@@ -669,7 +669,7 @@ mod executor {
             s.spawn(|| {
                 for (i, keys) in effects.iter().enumerate() {
                     let seq = i as u64 + 1;
-                    let event = Arc::new(Event { seq, id: format!("t:{seq}"), source: "t".into(), time_ms: 0, body: EventBody::Other });
+                    let event = Arc::new(oplet::envelope::Event::encode(&Event { seq, id: format!("t:{seq}"), source: "t".into(), time_ms: 0, body: EventBody::Other }).unwrap());
                     handle.delete("p", &event, keys.iter().map(|k| k.to_string()).collect(), tracker.ticket(seq, None));
                 }
             });

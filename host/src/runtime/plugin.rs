@@ -305,6 +305,9 @@ fn decode_reply(bytes: &[u8]) -> Result<WireReply, CallError> {
             "the reply is empty (length 0); return the packed pointer and length of a MessagePack map such as {\"status\": \"ok\", \"effects\": []} (docs/abi.md section 7.5)".into(),
         ));
     }
+    if let Some(reply) = decode_ok_reply(bytes) {
+        return Ok(reply);
+    }
     let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
     let reply = WireReply::deserialize(&mut de)
         .map_err(|e| CallError::BadReply(format!("not a MessagePack Reply: {e} (docs/abi.md section 7.5)")))?;
@@ -317,6 +320,24 @@ fn decode_reply(bytes: &[u8]) -> Result<WireReply, CallError> {
         )));
     }
     Ok(reply)
+}
+
+/// The common reply, `{"status": "ok", "effects": [...]}`, read in place: serde's
+/// internally tagged enums buffer the whole map first, which cost more than the
+/// rest of a no-op call. Anything else (an error, a malformed reply) is left to the
+/// full decoder, which also words the errors.
+fn decode_ok_reply(bytes: &[u8]) -> Option<WireReply> {
+    let map = oplet_sdk::RawValue::parse(bytes).ok()?.as_map()?;
+    if map.get("status")?.as_str()? != "ok" {
+        return None;
+    }
+    let effects = match map.get("effects") {
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) if v.as_array()?.is_empty() => Some(Vec::new()),
+        Some(v) => Some(rmp_serde::from_slice::<Vec<Effect>>(v.as_bytes_raw()).ok()?),
+    };
+    Some(WireReply::Ok { effects })
 }
 
 enum LoadErrorOrCall {
@@ -472,3 +493,43 @@ fn check_interface(module: &Module) -> Result<(), LoadError> {
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oplet_sdk::Reply;
+
+    fn full_decoder(bytes: &[u8]) -> Option<Vec<Effect>> {
+        match WireReply::deserialize(&mut rmp_serde::Deserializer::new(std::io::Cursor::new(bytes))).unwrap() {
+            WireReply::Ok { effects } => effects,
+            WireReply::Err { .. } => panic!("an ok reply"),
+        }
+    }
+
+    #[test]
+    fn the_in_place_ok_reply_reads_as_the_full_decoder_does() {
+        let effects = vec![Effect::cache_delete(["client:1", "client:2"]), Effect::Audit { record: Value::from("x") }];
+        let replies = [
+            codec::encode(&Reply::Ok { effects: vec![] }).unwrap(),
+            codec::encode(&Reply::Ok { effects: effects.clone() }).unwrap(),
+            codec::encode(&Value::Map([("status".to_string(), Value::from("ok"))].into())).unwrap(),
+            codec::encode(&Value::Map([("status".to_string(), Value::from("ok")), ("effects".to_string(), Value::Null), ("more".to_string(), Value::Int(1))].into())).unwrap(),
+        ];
+        for bytes in &replies {
+            let Some(WireReply::Ok { effects: fast }) = decode_ok_reply(bytes) else { panic!("read in place") };
+            assert_eq!(fast, full_decoder(bytes));
+        }
+        assert!(matches!(decode_reply(&replies[1]), Ok(WireReply::Ok { effects: Some(e) }) if e == effects));
+        // Not for it: errors, trailing bytes, effects that do not decode.
+        let err = codec::encode(&Reply::Err { message: "no".into() }).unwrap();
+        assert!(decode_ok_reply(&err).is_none());
+        assert!(matches!(decode_reply(&err), Ok(WireReply::Err { message: Some(m) }) if m == "no"));
+        let mut trailing = replies[0].clone();
+        trailing.push(0xc0);
+        assert!(decode_ok_reply(&trailing).is_none());
+        assert!(matches!(decode_reply(&trailing), Err(CallError::BadReply(m)) if m.contains("1 byte(s) after the Reply")));
+        let bad = codec::encode(&Value::Map([("status".to_string(), Value::from("ok")), ("effects".to_string(), Value::Array(vec![Value::Int(3)]))].into())).unwrap();
+        assert!(decode_ok_reply(&bad).is_none());
+        assert!(matches!(decode_reply(&bad), Err(CallError::BadReply(_))));
+    }
+}
