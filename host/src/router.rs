@@ -222,6 +222,7 @@ impl Registry {
                     Err(_) => break,
                 }
             }
+            crate::metrics::events_in(&batch[0].event.source, batch.len() as u64);
             let routes = self.routes();
             for route in routes.iter() {
                 mine.extend(
@@ -755,7 +756,7 @@ impl Worker {
             self.instance = Some(version.code.new_instance()?);
         }
         let inst = self.instance.as_mut().expect("instance just made");
-        let res = inst.handle(&env.event);
+        let res = crate::metrics::time_call(&self.slot.name, &version.manifest.version, || inst.handle(&env.event));
         if let Err(e) = &res {
             if e.poisons_instance() {
                 // Its memory may be half-updated: never call it again.
