@@ -114,7 +114,7 @@ async fn wait_until(what: &str, oplet: &Oplet, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_events_flow() {
     let host = Host::jsonl("");
-    host.install("p", "echo");
+    host.install("p", "faulty");
     let oplet = Oplet::start(&host.path().join("oplet.toml"));
     oplet.wait_for_log("admin listener", WAIT).await.unwrap();
     host.append(1, 3, None);
