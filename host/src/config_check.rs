@@ -22,7 +22,10 @@ pub fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(crate::exit::Cause::Config.code()));
         }
     };
-    let problems = offline(&config, &file);
+    let (problems, warnings) = offline(&config, &file);
+    for w in &warnings {
+        println!("warning: {w}");
+    }
     for p in &problems {
         println!("problem: {p}");
     }
@@ -53,9 +56,12 @@ pub fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every problem found without connecting, each naming the file and key.
-pub fn offline(config: &Config, file: &str) -> Vec<String> {
+/// Every problem found without connecting, each naming the file and key; and
+/// warnings: what the host runs with but probably not as meant (a plugin asking
+/// for more than it is granted has those effects refused at run time).
+pub fn offline(config: &Config, file: &str) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     if let Err(e) = crate::runtime::reload::check_plugin_dir(&config.plugins.dir) {
         problems.push(format!("{file}: key plugins.dir: {e:#}"));
     }
@@ -80,7 +86,7 @@ pub fn offline(config: &Config, file: &str) -> Vec<String> {
             Ok(r) => std::sync::Arc::new(r),
             Err(e) => {
                 problems.push(format!("cannot start the wasm runtime to check plugins: {e:#}"));
-                return problems;
+                return (problems, warnings);
             }
         };
         let mut entries: Vec<_> = std::fs::read_dir(&config.plugins.dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
@@ -94,7 +100,7 @@ pub fn offline(config: &Config, file: &str) -> Vec<String> {
                 Ok((_, m)) => {
                     let granted = config.effective_capabilities(&name, &m.capabilities);
                     if granted != m.capabilities {
-                        problems.push(format!(
+                        warnings.push(format!(
                             "{file}: plugin {name:?} asks for more than [grants] allows: it asks {:?}, the host grants {:?}; add the rest under [grants.{name:?}] or its effects are refused",
                             m.capabilities, granted
                         ));
@@ -107,7 +113,7 @@ pub fn offline(config: &Config, file: &str) -> Vec<String> {
     for grant in config.unknown_grants(&names) {
         problems.push(format!("{file}: key grants.{grant:?}: no plugin of that name in {} (a typo?)", config.plugins.dir.display()));
     }
-    problems
+    (problems, warnings)
 }
 
 /// Why `dir` cannot hold the host's state, if it cannot.

@@ -700,6 +700,7 @@ impl Worker {
                     let retry = err.poisons_instance() && attempt < delivery.plugin_retries;
                     tracing::error!(
                         plugin = %name,
+                        source = %env.event.source,
                         seq = env.event.seq,
                         event_id = %env.event.id,
                         attempt = attempt + 1,

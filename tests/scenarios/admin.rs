@@ -2,7 +2,9 @@
 //! (scrape, write, scrape, compare); `/readyz` turns not-ready while the
 //! MongoDB-compatible server is down and while PostgreSQL is stopped, naming the
 //! part, and ready again when each returns; the status page, rendered by a real
-//! headless Chromium, shows a failing plugin's last failure (with a screenshot).
+//! headless Chromium, shows a failing plugin's last failure (with a screenshot);
+//! JSON logs name the event; SIGTERM mid-burst loses nothing and the next start
+//! runs the plugin only on what was not committed (counted through /metrics).
 
 use oplet_tests::{install_plugin_from, repo_root, wasm_plugins, Mongo, Oplet, Postgres, TempDir};
 use serde_json::Value;
@@ -255,4 +257,91 @@ async fn the_status_page_renders_in_chromium_and_shows_a_plugins_failure() {
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
     assert!(png.len() > 10_000 && png.starts_with(b"\x89PNG"), "a real PNG");
     println!("status page screenshot: {}", shot.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_plugin_source_seq_and_event_id_of_a_failure() {
+    let host = Host::jsonl("");
+    host.install("p", "faulty");
+    let config = host.path().join("oplet.toml").display().to_string();
+    let oplet = Oplet::spawn_args(&["--log-format", "json", "run", "--config", &config], &[], Some(host.path()));
+    oplet.wait_for_log("admin listener", WAIT).await.unwrap();
+    host.append(1, 1, Some("error"));
+    let line = oplet.wait_for_log("plugin failed on event", WAIT).await.unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+    assert_eq!((v["level"].as_str(), v["plugin"].as_str(), v["source"].as_str()), (Some("ERROR"), Some("p"), Some("events")), "{line}");
+    assert_eq!((v["seq"].as_u64(), v["event_id"].as_str()), (Some(1), Some("e1")), "{line}");
+    assert!(v["message"].as_str().unwrap().contains("refused on purpose"), "{line}");
+    // Every line is JSON, not only the ones about events.
+    for l in oplet.logs().lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<Value>(l).is_ok(), "a log line that is not JSON: {l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_loses_nothing_and_the_next_start_replays_nothing_committed() {
+    let host = Host::jsonl("");
+    host.install("p", "faulty");
+    let mut oplet = Oplet::start(&host.path().join("oplet.toml"));
+    oplet.wait_for_log("admin listener", WAIT).await.unwrap();
+    // A writer appends 20 events every 5 ms while the host is stopped mid-stream.
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, written, stop) = (host.path().to_path_buf(), written.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().append(true).open(path.join("events.jsonl")).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let from = written.load(std::sync::atomic::Ordering::SeqCst) + 1;
+                let text: String = (from..from + 20)
+                    .map(|i| format!("{}\n", serde_json::json!({"id": format!("e{i}"), "body": {"kind": "change", "data": {"op": "insert", "db": "app", "coll": "users", "key": {"_id": i}, "full_document": {"_id": i}}}})))
+                    .collect();
+                f.write_all(text.as_bytes()).unwrap();
+                written.fetch_add(20, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    wait_until("a few hundred records", &oplet, || host.audit_lines() >= 300).await;
+    let status = oplet.terminate().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop: {}", oplet.logs());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let total = written.load(std::sync::atomic::Ordering::SeqCst);
+    let saved = checkpoint_line(host.path());
+    assert!(saved >= 300 && saved < total, "stopped mid-burst: checkpoint {saved} of {total}");
+    let ids = audited_ids(host.path());
+    for i in 1..=saved {
+        assert_eq!(ids.get(&format!("e{i}")), Some(&1), "event {i} (checkpointed) has exactly one record");
+    }
+
+    // The next start runs the plugin only on what was not committed.
+    let oplet = Oplet::start(&host.path().join("oplet.toml"));
+    wait_until("every event checkpointed", &oplet, || checkpoint_line(host.path()) == total).await;
+    let (_, metrics) = host.get("/metrics");
+    assert_eq!(
+        sample(&metrics, "oplet_plugin_events_handled_total{plugin=\"p\",version=\"1.2.3\"}") as u64,
+        total - saved,
+        "the plugin ran again on committed events:\n{metrics}"
+    );
+    let ids = audited_ids(host.path());
+    assert_eq!(ids.len() as u64, total);
+    assert!(ids.values().all(|&n| n == 1), "a record written twice");
+}
+
+fn checkpoint_line(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("state/checkpoints/events.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["line"].as_u64())
+        .unwrap_or(0)
+}
+
+fn audited_ids(dir: &Path) -> std::collections::BTreeMap<String, u32> {
+    let mut ids = std::collections::BTreeMap::new();
+    for l in std::fs::read_to_string(dir.join("state/audit.jsonl")).unwrap_or_default().lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        *ids.entry(v["event_id"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    ids
 }
