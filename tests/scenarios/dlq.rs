@@ -148,5 +148,24 @@ async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
     host.append("d", None);
     wait_until("the next event", &oplet, || host.audited("d") == 1).await;
     assert_eq!((host.audited("a"), host.audited("b"), host.audited("c")), (1, 1, 1));
+
+    // A replay killed between its claim and its outcome leaves exactly a fsynced
+    // `claimed` mark: that letter is in doubt, and only `--id ID --again` runs it.
+    host.append("e", Some("error"));
+    wait_until("the next failure", &oplet, || host.oplet(&["dlq", "list", "--json", "--cause", "refused on purpose"]).1.contains("\"e\""))
+        .await;
     assert!(oplet.terminate().unwrap().success());
+    host.install("echo", "1.0.2");
+    let (_, out, _) = host.oplet(&["dlq", "list", "--json", "--since", "1h"]);
+    let e_id = out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| v["event_id"] == "e").unwrap()["id"].as_str().unwrap().to_string();
+    let mut marks = std::fs::OpenOptions::new().append(true).open(host.path().join("state/dead-letters.replays.jsonl")).unwrap();
+    writeln!(marks, "{}", serde_json::json!({"id": e_id, "mark": "claimed", "time_ms": 1, "cause": null})).unwrap();
+    let (code, out, _) = host.oplet(&["dlq", "replay"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{e_id}: skipped, already in-doubt")) && out.contains("nothing to replay"), "{out}");
+    assert_eq!(host.audited("e"), 0);
+    let (code, out, _) = host.oplet(&["dlq", "replay", "--id", &e_id, "--again"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{e_id}: replayed through p v1.0.2")), "{out}");
+    assert_eq!(host.audited("e"), 1);
 }
