@@ -2,7 +2,7 @@
 //! failure is listed and shown, `dlq replay` refuses while the host runs, the
 //! plugin is fixed (a new module), the replay applies the effect exactly once,
 //! and a second replay does nothing; a replay that fails again goes back to the
-//! store with its new cause.
+//! store with its new cause; a replay cut short leaves its letter in doubt.
 
 use oplet_tests::{install_plugin_from, wasm_plugins, Oplet, TempDir};
 use serde_json::Value;
