@@ -6,8 +6,10 @@
 # plugins in release, starts a MongoDB-compatible server (nx-27017), Redis and
 # PostgreSQL on free loopback ports in a temporary folder, starts `oplet` with the
 # bundled cache-invalidate, pg-sync and audit-log plugins, writes to MongoDB with
-# pymongo, and shows what happened. Everything is stopped and removed at the end
-# (set OPLET_DEMO_KEEP=1 to keep the folder).
+# pymongo, and shows what happened: live events/s per plugin (from the admin
+# listener's /metrics) while a burst runs, and a summary per plugin at the end.
+# Everything is stopped and removed at the end (set OPLET_DEMO_KEEP=1 to keep the
+# folder); every file it writes is in that folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -33,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MONGO_PORT=$(port); REDIS_PORT=$(port); PG_PORT=$(port)
+MONGO_PORT=$(port); REDIS_PORT=$(port); PG_PORT=$(port); ADMIN_PORT=$(port)
 
 say "starting nx-27017 (MongoDB wire protocol) on $MONGO_PORT, Redis on $REDIS_PORT, PostgreSQL on $PG_PORT"
 OPLET_TEST_NX_LOG_LEVEL=WARNING python3 tests/support/nx_launcher.py --db "$DEMO/mongo.db" --host 127.0.0.1 -p "$MONGO_PORT" \
@@ -75,12 +77,17 @@ name = "mongo"
 uri = "mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
 collections = ["app.users"]
 full_document = "updateLookup"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
 TOML
+say "checking the config and reaching every service (oplet config check --connect)"
+"$OPLET" config check --config "$DEMO/oplet.toml" --connect | sed 's/^/    check| /'
 "$OPLET" run --config "$DEMO/oplet.toml" 2>"$DEMO/oplet.log" &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q "3 plugin(s) loaded" "$DEMO/oplet.log" && break; sleep 0.1; done
 sleep 1
 sed 's/^/    oplet| /' "$DEMO/oplet.log"
+say "status page: http://127.0.0.1:$ADMIN_PORT/ (metrics: /metrics, readiness: /readyz) while the demo runs"
 
 say "warming the cache: SET user:<id> and user:<uuid>:profile for three users"
 for u in ada bob cy; do
@@ -103,6 +110,47 @@ print("    wrote 6 changes")
 PY
 sleep 2
 
+say "a burst: 600 more writes over ~6 s (insert, update, delete of load-N users), with live progress per plugin"
+python3 - "$MONGO_PORT" <<'PY' &
+import sys, time, pymongo
+c = pymongo.MongoClient(f"mongodb://127.0.0.1:{sys.argv[1]}/?directConnection=true")
+users = c.app.users
+for i in range(200):
+    users.insert_one({"_id": f"load-{i}", "uuid": f"uuid-load-{i}", "email": f"l{i}@example.com", "profile": {"name": f"L{i}"}})
+    users.update_one({"_id": f"load-{i}"}, {"$set": {"email": f"l{i}@example.org"}})
+    users.delete_one({"_id": f"load-{i}"})
+    time.sleep(0.02)
+PY
+WRITER=$!
+PIDS+=($WRITER)
+python3 - "$ADMIN_PORT" "$WRITER" <<'PY'
+import os, re, sys, time, urllib.request
+port, writer = sys.argv[1], int(sys.argv[2])
+def handled():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for m in re.finditer(r'^oplet_plugin_events_handled_total\{plugin="([^"]+)",version="[^"]*"\} (\S+)$', text, re.M):
+        out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+    return out
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+prev, t0 = handled(), time.time()
+quiet = 0
+while quiet < 2:
+    time.sleep(1)
+    now, t1 = handled(), time.time()
+    rates = {p: (now.get(p, 0) - prev.get(p, 0)) / (t1 - t0) for p in sorted(now)}
+    print("    live| events/s: " + ", ".join(f"{p} {r:6.1f}" for p, r in rates.items()), flush=True)
+    quiet = quiet + 1 if not alive(writer) and all(r == 0 for r in rates.values()) else 0
+    prev, t0 = now, t1
+PY
+wait "$WRITER" 2>/dev/null || true
+
 say "Redis: user:* keys left (every user changed, so each one's keys were deleted)"
 left=$(redis-cli -p "$REDIS_PORT" KEYS 'user:*' | sort)
 echo "${left:-(none)}" | sed 's/^/    redis| /'
@@ -115,6 +163,21 @@ for line in open(sys.argv[1]):
     r = json.loads(line)["record"]
     print("    audit|", r["op"], r["ns"], json.dumps(r["key"]), "fields:", r.get("changed_fields"), "actor:", r.get("actor"))
 ' "$DEMO/state/audit.jsonl"
+say "what each plugin did (from /metrics and state/plugins.json)"
+python3 - "$ADMIN_PORT" "$DEMO/state/plugins.json" <<'PY'
+import json, re, sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+status = json.load(open(sys.argv[2]))["plugins"]
+def series(name):
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^' + name + r'\{(.*)\} (\S+)$', text, re.M)}
+calls = series("oplet_plugin_call_seconds_sum")
+effects = series("oplet_effects_total")
+for name, p in sorted(status.items()):
+    total = calls.get(f'plugin="{name}"', 0.0)
+    mean_us = 1e6 * total / p["handled"] if p["handled"] else 0
+    print(f"    summary| {name} v{p['version']}: handled {p['handled']} events, failed {p['failed']}, dead-lettered {p['dead_lettered']}, mean call {mean_us:.0f} µs, state {p['state']}")
+print("    summary| effects: " + ", ".join(f"{k.replace('kind=', '').replace('outcome=', '')} {int(v)}" for k, v in sorted(effects.items())))
+PY
 say "the oplet log after the writes"
 sed 's/^/    oplet| /' "$DEMO/oplet.log" | tail -n 8
 say "done: no process polled MongoDB; the host saw each change once, from the change stream"

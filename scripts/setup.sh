@@ -46,6 +46,13 @@ else
     $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
+# Headless Chromium: the admin status page is tested in a real browser.
+if command -v chromium >/dev/null 2>&1; then
+    say "chromium: $(command -v chromium)"
+else
+    apt_install --no-install-recommends chromium
+fi
+
 # PostgreSQL server binaries (initdb, pg_ctl) on PATH.
 find_pg_bin() {
     local d

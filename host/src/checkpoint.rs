@@ -24,6 +24,8 @@ pub struct Tracker {
     first_seq: u64,
     state: Mutex<TrackerState>,
     changed: Notify,
+    /// Tickets handed out, for the checkpoint lag (`metrics`).
+    issued: std::sync::atomic::AtomicU64,
 }
 
 struct TrackerState {
@@ -38,6 +40,8 @@ struct TrackerState {
     completed: u64,
     /// Every event below this one is done and its position durably saved.
     saved_next: u64,
+    /// When the watermark last moved (or the tracker was made).
+    moved_at: std::time::Instant,
 }
 
 impl Tracker {
@@ -57,13 +61,15 @@ impl Tracker {
             source: source.to_string(),
             replayable,
             first_seq,
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq }),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, moved_at: std::time::Instant::now() }),
             changed: Notify::new(),
+            issued: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// A ticket for event `seq`; `position` is where to resume after it.
     pub fn ticket(self: &Arc<Self>, seq: u64, position: Option<Position>) -> Ticket {
+        self.issued.fetch_add(1, Ordering::Relaxed);
         Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
 
@@ -81,6 +87,7 @@ impl Tracker {
                         moved = true;
                     }
                     st.next += 1;
+                    st.moved_at = std::time::Instant::now();
                 }
                 None => break,
             }
@@ -127,6 +134,14 @@ impl Tracker {
     fn saved(&self, below: u64) {
         let mut st = self.state.lock().expect("tracker lock");
         st.saved_next = st.saved_next.max(below);
+    }
+
+    /// Events taken in but not done, and how long the watermark has stood
+    /// still while they wait (`None` when nothing waits).
+    pub fn lag(&self) -> (u64, Option<Duration>) {
+        let st = self.state.lock().expect("tracker lock");
+        let behind = self.issued.load(Ordering::Relaxed).saturating_sub(st.completed);
+        (behind, (behind > 0).then(|| st.moved_at.elapsed()))
     }
 
     pub fn completed(&self) -> u64 {

@@ -1,4 +1,5 @@
-//! The `oplet` command line: `run`, `plugin check`, `plugin test`.
+//! The `oplet` command line: `run`, `plugin check`, `plugin test`, `dlq
+//! list|show|replay` (dead letters, see `dlq`), `config check`.
 //!
 //! `plugin check` and `plugin test` are the offline loop for plugin authors: they
 //! load a module exactly as the host does (same validation and limits) and run it
@@ -16,6 +17,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "oplet", version, about = "Routes MongoDB changes and Socket.IO events to sandboxed WebAssembly plugins")]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line); default: `[log] format`, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +35,72 @@ enum Command {
     /// Plugin authoring tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The dead-letter store: list, show and replay events that failed.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Host configuration tools.
+    #[command(subcommand, name = "config")]
+    ConfigCmd(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the config and everything it names (plugin folder, plugins, paths,
+    /// grants) without connecting; `--connect` also reaches every service.
+    Check {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        /// Also connect to every MongoDB source, PostgreSQL and Redis.
+        #[arg(long)]
+        connect: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqFilter {
+    /// Only letters of this plugin (the stage; `sink:... (PLUGIN)` letters too).
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Only letters whose error contains this text.
+    #[arg(long)]
+    cause: Option<String>,
+    /// Only letters written since: `30m`, `2h`, `7d` ago, or ms since the epoch.
+    #[arg(long)]
+    since: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter: ID, time (UTC), replay state, stage, source/seq, error.
+    List {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// One JSON object per line instead of columns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one dead letter, its event included.
+    Show {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        id: String,
+    },
+    /// Run dead letters again through the current version of their plugin and the
+    /// configured sinks; each is marked and never replayed twice. Stop the host first.
+    Replay {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only these IDs (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Run the given `--id`s again even if a replay claimed them and was cut short.
+        #[arg(long)]
+        again: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,11 +127,18 @@ enum PluginCommand {
 pub fn main() -> ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
-    init_logging();
+    // `run` reads `[log] format` first; a config it cannot read is reported below.
+    let format = cli.log_format.or_else(|| match &cli.command {
+        Command::Run { config } => Config::load(config).ok().map(|c| c.log.format),
+        _ => None,
+    });
+    init_logging(format.unwrap_or_default());
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Plugin(PluginCommand::Check { wasm, manifest }) => check(&wasm, manifest.as_deref()),
         Command::Plugin(PluginCommand::Test { wasm, events, manifest }) => test(&wasm, &events, manifest.as_deref()),
+        Command::Dlq(cmd) => dlq(cmd),
+        Command::ConfigCmd(ConfigCommand::Check { config, connect }) => crate::config_check::run(&config, connect),
     };
     match result {
         Ok(code) => code,
@@ -88,12 +165,29 @@ fn abort_on_panic() {
     }));
 }
 
-fn init_logging() {
+fn init_logging(format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        crate::config::LogFormat::Text => fmt.with_ansi(ansi).init(),
+        // The event's fields (plugin, source, seq, event_id) sit at the top level
+        // of each object, beside `message`, so a log pipeline can filter on them.
+        crate::config::LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_ansi(false).init(),
+    }
+}
+
+fn dlq(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    let filter = |f: DlqFilter, ids: Vec<String>| -> anyhow::Result<crate::dlq::Filter> {
+        Ok(crate::dlq::Filter { plugin: f.plugin, cause: f.cause, since_ms: f.since.as_deref().map(crate::dlq::parse_since).transpose()?, ids })
+    };
+    match cmd {
+        DlqCommand::List { config, filter: f, json } => crate::dlq::list(&Config::load(&config)?, &filter(f, Vec::new())?, json),
+        DlqCommand::Show { config, id } => crate::dlq::show(&Config::load(&config)?, &id),
+        DlqCommand::Replay { config, filter: f, ids, again } => crate::dlq::replay(Config::load(&config)?, &filter(f, ids)?, again),
+    }
 }
 
 fn run(config_path: &Path) -> anyhow::Result<ExitCode> {

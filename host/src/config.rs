@@ -36,6 +36,27 @@ pub struct Config {
     pub postgres: Option<crate::effect::postgres::PostgresConfig>,
     /// The Socket.IO server: client events in, emit effects out.
     pub socket: Option<crate::source::socket::SocketConfig>,
+    /// The admin listener (metrics, health, status page); off when absent.
+    pub admin: Option<crate::admin::AdminConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: how the host writes its log lines (to stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one object per line); `--log-format` wins.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -391,6 +412,9 @@ impl Config {
             }
         }
         self.limits.validate()?;
+        if let Some(admin) = &self.admin {
+            admin.addr()?;
+        }
         Ok(())
     }
 

@@ -59,6 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let _state_lock = crate::dlq::StateLock::shared(&config.state_dir)?;
     crate::runtime::reload::check_plugin_dir(&config.plugins.dir)?;
     let cache = config.plugins.cache.then(|| config.state_dir.join("cache"));
     let runtime = Arc::new(Runtime::new(cache)?);
@@ -83,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
             // Client events are not replayable: the position is only a count.
             let tracker = Tracker::unreplayable(&sc.name);
             let (tx, rx) = queue();
+            crate::metrics::watch_queue(&sc.name, &tx);
             source_queues.push((sc.name.clone(), rx));
             let sctx = SourceContext { tracker, resume: None, tx, shutdown: shutdown_rx.clone() };
             Some(SocketServer::start(sc, sctx, dead.clone()).await?)
@@ -95,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let ctx = Arc::new(WorkerContext { effects: effects.clone(), dead: dead.clone(), delivery: config.delivery.clone(), halt: halt.clone() });
     let registry = Registry::new(ctx);
     registry.set_status_file(config.state_dir.join("plugins.json"));
+    let _admin = crate::admin::start(&config, health.clone(), dead.clone(), socket.clone()).await?;
 
     let mut dir = PluginDir::new(runtime.clone(), config.clone(), registry.clone());
     // Compiling modules blocks for milliseconds to seconds: not on an async worker.
@@ -122,11 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         let resume = store.load(sc.name())?;
         let name = sc.name().to_string();
         let (tx, rx) = queue();
+        crate::metrics::watch_queue(&name, &tx);
         source_queues.push((name.clone(), rx));
         match sc.clone() {
             SourceConfig::Jsonl(c) => {
                 // Tickets count from 1 each run; the position says where in the file.
                 let tracker = Tracker::new(sc.name(), 1, resume.clone());
+                crate::metrics::watch_tracker(&tracker);
                 savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), checkpoint_interval, saver_stop_rx.clone())));
                 let sctx = SourceContext { tracker, resume, tx, shutdown: shutdown_rx.clone() };
                 let d = dead.clone();

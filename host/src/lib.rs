@@ -4,17 +4,21 @@
 //! Modules follow the path an event takes: `source` → `router` → `runtime` →
 //! `effect` → `checkpoint`. `config` and `manifest` describe the host and plugins.
 
+pub mod admin;
 pub mod append;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod config_check;
 pub mod deadletter;
+pub mod dlq;
 pub mod effect;
 pub mod envelope;
 pub mod exit;
 pub mod health;
 pub mod host;
 pub mod manifest;
+pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod source;

@@ -222,6 +222,7 @@ impl Registry {
                     Err(_) => break,
                 }
             }
+            crate::metrics::events_in(&batch[0].event.source, batch.len() as u64);
             let routes = self.routes();
             for route in routes.iter() {
                 mine.extend(
@@ -699,6 +700,7 @@ impl Worker {
                     let retry = err.poisons_instance() && attempt < delivery.plugin_retries;
                     tracing::error!(
                         plugin = %name,
+                        source = %env.event.source,
                         seq = env.event.seq,
                         event_id = %env.event.id,
                         attempt = attempt + 1,
@@ -757,7 +759,7 @@ impl Worker {
         let inst = self.instance.as_mut().expect("instance just made");
         #[cfg(test)]
         tests::HANDED.lock().expect("test log").push((self.slot.name.clone(), env.event.seq, env.event.bytes().as_ptr() as usize));
-        let res = inst.handle(env.event.bytes());
+        let res = crate::metrics::time_call(&self.slot.name, &version.manifest.version, || inst.handle(env.event.bytes()));
         if let Err(e) = &res {
             if e.poisons_instance() {
                 // Its memory may be half-updated: never call it again.

@@ -312,7 +312,10 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: Receiver<Item>) {
         while let Some(batch) = next_batch(&rx, self.batch_max, self.batch) {
+            let (n, t) = (batch.len(), std::time::Instant::now());
             self.write(batch);
+            crate::metrics::sink_batch("audit", n, t.elapsed());
+            crate::metrics::effects("audit", "applied", n as u64);
             self.dedup.settle(false);
         }
         self.dedup.settle(true);

@@ -55,7 +55,8 @@ impl Effects {
         for (index, effect) in effects.into_iter().enumerate() {
             if let Err(refusal) = check(&effect, caps).and_then(|_| self.executor_for(&effect)) {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin, seq = event.seq, event_id = %event.id, "effect {} refused: {refusal}", kind(&effect));
+                crate::metrics::effects(kind(&effect), "refused", 1);
+                tracing::warn!(plugin, source = %event.source, seq = event.seq, event_id = %event.id, "effect {} refused: {refusal}", kind(&effect));
                 self.dead.record_held(plugin, event, &format!("effect {} refused: {refusal}", kind(&effect)), ticket);
                 continue;
             }

@@ -190,7 +190,9 @@ impl Sink {
         }
         let window = Duration::from_millis(self.cfg.batch_ms);
         while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), window) {
+            let (n, t) = (batch.len(), std::time::Instant::now());
             rt.block_on(self.apply(batch));
+            crate::metrics::sink_batch("redis", n, t.elapsed());
         }
     }
 
@@ -220,9 +222,10 @@ impl Sink {
             let mut last_error = String::new();
             for (item, outcome) in pending.into_iter().zip(outcomes) {
                 match outcome {
-                    Outcome::Done => {} // dropping the item releases its ticket
+                    Outcome::Done => crate::metrics::effects("cache_delete", "applied", 1), // dropping the item releases its ticket
                     Outcome::Refused(e) => {
                         tracing::error!(plugin = %item.plugin, seq = item.event.seq, "Redis refused a cache delete: {e}; dead-lettered");
+                        crate::metrics::effects("cache_delete", "dead_lettered", 1);
                         self.dead.record_held(&stage(&item.plugin), &item.event, &format!("Redis refused {:?}: {e}", item.keys), &item._ticket);
                     }
                     Outcome::Retry(e) => {
@@ -327,6 +330,7 @@ impl Sink {
 
     fn give_up(&self, items: Vec<Item>, error: &str) {
         tracing::error!("{error}; dead-lettering {} cache delete(s)", items.len());
+        crate::metrics::effects("cache_delete", "dead_lettered", items.len() as u64);
         for item in items {
             self.dead.record_held(&stage(&item.plugin), &item.event, &format!("cache delete of {:?}: {error}", item.keys), &item._ticket);
         }

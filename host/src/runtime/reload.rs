@@ -273,6 +273,7 @@ impl PluginDir {
                     "plugin {}",
                     if replaced { "reloaded" } else { "loaded" }
                 );
+                crate::metrics::reload(true);
                 self.registry.install(code, manifest, caps, digest.clone());
                 self.loaded.insert(name.clone(), digest);
                 self.refused.remove(&name);
@@ -343,6 +344,7 @@ impl PluginDir {
         } else {
             tracing::error!(plugin = %name, "refusing plugin: {why}; it is not loaded");
         }
+        crate::metrics::reload(false);
         self.refused.insert(name.to_string(), digest);
     }
 

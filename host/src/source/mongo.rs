@@ -536,6 +536,7 @@ async fn watch_target(
         return Ok(()); // stopped while the checkpoint store was unreachable
     };
     let tracker = Tracker::new(&key, 1, saved.clone());
+    crate::metrics::watch_tracker(&tracker);
     start_saver(tracker.clone(), store);
     let mut feed = Feed::new(&shared.cfg.name, &label, tracker, shared.tx.clone(), saved.clone());
     let poll_target = |why: &str| -> anyhow::Result<(String, String)> {

@@ -275,7 +275,9 @@ impl Sink {
         }
         let window = Duration::from_millis(self.cfg.batch_ms);
         while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), window) {
+            let (n, t) = (batch.len(), std::time::Instant::now());
             rt.block_on(self.apply(batch));
+            crate::metrics::sink_batch("postgres", n, t.elapsed());
         }
     }
 
@@ -320,6 +322,8 @@ impl Sink {
             };
             match result {
                 Ok(refused) => {
+                    crate::metrics::effects("row", "applied", (batch.len() - refused.len()) as u64);
+                    crate::metrics::effects("row", "dead_lettered", refused.len() as u64);
                     for r in refused {
                         let item = &batch[r.op];
                         tracing::error!(plugin = %item.plugin, seq = item.event.seq, table = %item.op.table, "PostgreSQL refused a row operation: {}; dead-lettered", r.error);
@@ -558,6 +562,7 @@ impl Sink {
     }
 
     fn give_up(&self, items: Vec<Item>, error: &str) {
+        crate::metrics::effects("row", "dead_lettered", items.len() as u64);
         tracing::error!("{error}; dead-lettering {} row operation(s)", items.len());
         for item in items {
             self.dead.record_held(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {error}", item.op.kind, item.op.table), &item._ticket);
