@@ -372,6 +372,19 @@ impl Config {
                 SourceConfig::Mongo(_) => {}
             }
         }
+        // Secret and certificate files of the sinks, like every other path.
+        let mut files: Vec<&mut PathBuf> = Vec::new();
+        if let Some(r) = self.redis.as_mut() {
+            files.extend(r.password_file.as_mut());
+            files.extend([r.tls.ca_file.as_mut(), r.tls.cert_file.as_mut(), r.tls.key_file.as_mut()].into_iter().flatten());
+        }
+        if let Some(p) = self.postgres.as_mut() {
+            files.extend(p.password_file.as_mut());
+            files.extend([p.tls.ca_file.as_mut(), p.tls.cert_file.as_mut(), p.tls.key_file.as_mut()].into_iter().flatten());
+        }
+        for f in files {
+            abs(f);
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
