@@ -113,4 +113,11 @@ else
     (cd pdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# openssl: the TLS scenario (tests/scenarios/tls.rs) makes a throwaway CA with it.
+if command -v openssl >/dev/null 2>&1; then
+    say "openssl: $(command -v openssl)"
+else
+    apt_install openssl
+fi
+
 say "done"

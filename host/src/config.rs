@@ -357,7 +357,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, env: &[(String, String)], base: &Path) -> anyhow::Result<Config> {
-        let doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", one_line(&e.to_string())))?;
+        let doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", syntax_error(text, &e)))?;
         let mut doc = toml::Value::Table(doc);
         // Where each overridden key came from, so an error can name the variable.
         let mut origin = BTreeMap::new();
@@ -390,8 +390,25 @@ impl Config {
         for s in &mut self.sources {
             match s {
                 SourceConfig::Jsonl(c) => abs(&mut c.path),
-                SourceConfig::Mongo(_) => {}
+                SourceConfig::Mongo(m) => {
+                    if let Some(p) = m.password_file.as_mut() {
+                        abs(p);
+                    }
+                }
             }
+        }
+        // Secret and certificate files of the sinks, like every other path.
+        let mut files: Vec<&mut PathBuf> = Vec::new();
+        if let Some(r) = self.redis.as_mut() {
+            files.extend(r.password_file.as_mut());
+            files.extend([r.tls.ca_file.as_mut(), r.tls.cert_file.as_mut(), r.tls.key_file.as_mut()].into_iter().flatten());
+        }
+        if let Some(p) = self.postgres.as_mut() {
+            files.extend(p.password_file.as_mut());
+            files.extend([p.tls.ca_file.as_mut(), p.tls.cert_file.as_mut(), p.tls.key_file.as_mut()].into_iter().flatten());
+        }
+        for f in files {
+            abs(f);
         }
     }
 
@@ -460,7 +477,8 @@ pub fn oplet_env(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsStr
             bail!("environment variable {}: its name is not valid UTF-8; unset it", key.to_string_lossy());
         };
         let Some(value) = value.to_str() else {
-            bail!("environment variable {name}: its value is not valid UTF-8 ({:?}); set it to UTF-8 text or unset it", value.to_string_lossy());
+            // The value is not shown: it may be a password.
+            bail!("environment variable {name}: its value is not valid UTF-8; set it to UTF-8 text or unset it");
         };
         out.push((name.to_string(), value.to_string()));
     }
@@ -527,6 +545,20 @@ fn env_origin(origin: &BTreeMap<String, String>, path: &str) -> String {
             Some(i) => p = &p[..i],
             None => return String::new(),
         }
+    }
+}
+
+/// A TOML syntax error as its line, column and message, without the quoted source
+/// line the parser would show: that line may hold a password.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {}", one_line(e.message()))
+        }
+        None => one_line(e.message()),
     }
 }
 

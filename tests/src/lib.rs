@@ -12,6 +12,7 @@ mod postgres;
 mod process;
 mod redis_server;
 mod require;
+mod tls;
 
 pub use mongo::{Mongo, MONGODB_URI_ENV};
 pub use oplet::{oplet_bin, Oplet};
@@ -22,6 +23,7 @@ pub use port::free_port;
 pub use postgres::Postgres;
 pub use redis_server::Redis;
 pub use require::{require, Service};
+pub use tls::TestCa;
 
 use std::path::{Path, PathBuf};
 

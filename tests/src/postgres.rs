@@ -172,6 +172,38 @@ impl Postgres {
     }
 
     /// The server's log file (pg_ctl `-l`).
+    /// Turns TLS on (server certificate `cert`, key `key`, and `ca` to check client
+    /// certificates against) and replaces pg_hba.conf with `hba` (first match wins),
+    /// then reloads: no restart, the port stays.
+    pub fn enable_tls(&self, cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path, hba: &str) {
+        let data = self.data_dir();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key"), (ca, "root.crt")] {
+            std::fs::copy(from, data.join(to)).unwrap_or_else(|e| panic!("copy {} into the data directory: {e}", from.display()));
+            let path = data.join(to);
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if is_root() {
+                let (uid, gid) = postgres_user().expect("look up the `postgres` user");
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        let conf = "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n";
+        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("open postgresql.conf");
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let out = self.as_owner("pg_ctl").arg("-D").arg(&data).arg("reload").stdin(Stdio::null()).output().expect("run pg_ctl reload");
+        assert!(out.status.success(), "pg_ctl reload failed: {}", String::from_utf8_lossy(&out.stderr));
+        // A reload is asynchronous: wait until a TLS connection is taken.
+        let ok = wait_until(Duration::from_secs(15), || {
+            Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-tAc", "SHOW ssl"])
+                .env("PGSSLMODE", "require")
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "on")
+        });
+        assert!(ok, "PostgreSQL did not turn TLS on:\n{}", tail(&self.log_path(), 40));
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("postgres.log")
     }

@@ -53,6 +53,44 @@ impl Redis {
         redis
     }
 
+    /// Starts `redis-server` serving only TLS (certificate `cert`/`key`; clients
+    /// must present a certificate signed by `ca`) with AUTH `password`. Ready once
+    /// its TLS port takes connections and the log says it is ready.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path, password: &str) -> Redis {
+        require(Service::Redis);
+        let dir = crate::temp_dir();
+        let port = crate::free_port();
+        let log = dir.path().join("redis.log");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca)
+            .args(["--tls-auth-clients", "yes", "--requirepass", password])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn(cmd).expect("spawn redis-server");
+        let mut redis = Redis { dir, port, child };
+        let ready = wait_until(Duration::from_secs(15), || {
+            redis.exited()
+                || (TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Ready to accept connections")))
+        });
+        if !ready || redis.exited() {
+            panic!("redis-server (TLS) on 127.0.0.1:{port} did not start (does this build have TLS?):\n{}", tail(&log, 40));
+        }
+        redis
+    }
+
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

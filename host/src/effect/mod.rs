@@ -11,6 +11,8 @@ pub mod audit;
 pub mod batch;
 pub mod postgres;
 pub mod redis;
+pub mod secrets;
+pub mod tls;
 
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;

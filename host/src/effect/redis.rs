@@ -16,12 +16,27 @@ use serde::Deserialize;
 use super::batch::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
+use super::secrets::{redact, Secret};
+use super::tls::{TlsConfig, TlsMode};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://127.0.0.1:6379/0` (`rediss://` is not supported by this build).
+    /// `redis://127.0.0.1:6379/0`, or `rediss://...` for TLS with the system's
+    /// roots (`[redis.tls]` sets the mode, CA and client certificate).
     pub url: String,
+    /// The password (AUTH), if the URL has none (or `OPLET__REDIS__PASSWORD`); never logged.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file whose first line is the password (a mounted secret, a systemd credential).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// ACL user name for AUTH (Redis 6+), if the URL has none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `[redis.tls]`: mode, CA, client certificate.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// Cache-delete effects per pipeline at most.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
@@ -99,6 +114,10 @@ impl RedisConfig {
             backoff_max_ms: default_backoff_max_ms(),
             command: DeleteCommand::default(),
             timeout_ms: default_timeout_ms(),
+            password: None,
+            password_file: None,
+            username: None,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -120,8 +139,7 @@ impl RedisHandle {
     /// Starts the executor thread. It connects at once but a Redis that is down
     /// only delays deletes (logged, retried); a malformed URL is an error here.
     pub fn start(cfg: &RedisConfig, dead: Arc<DeadLetters>) -> anyhow::Result<RedisHandle> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| anyhow::anyhow!("[redis] url {:?} is invalid: {e}", cfg.url))?;
+        let client = client(cfg)?;
         let sink = Sink { cfg: cfg.clone(), client, conn: None, dead: dead.clone() };
         let queue = BatchQueue::start("oplet-redis", cfg.queue, move |rx| sink.run(rx))?;
         Ok(RedisHandle { queue })
@@ -149,6 +167,60 @@ impl RedisHandle {
 
 fn stage(plugin: &str) -> String {
     format!("sink:redis ({plugin})")
+}
+
+/// The client for `cfg`: its URL, with `password`/`password_file`/`username`
+/// and `[redis.tls]` applied. A `rediss://` URL without `[redis.tls]` means
+/// `verify-full` against the system's roots. Errors never show the password.
+fn client(cfg: &RedisConfig) -> anyhow::Result<redis::Client> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let invalid = |e: redis::RedisError| {
+        anyhow::anyhow!("[redis] url {} is invalid: {e}; write redis://HOST:PORT/DB (or rediss:// for TLS)", redact(&cfg.url))
+    };
+    let mut info = cfg.url.as_str().into_connection_info().map_err(invalid)?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(p) = super::secrets::password("redis", cfg.password.as_ref(), cfg.password_file.as_deref())? {
+        settings = settings.set_password(p.expose());
+    }
+    if let Some(u) = &cfg.username {
+        settings = settings.set_username(u);
+    }
+    info = info.set_redis_settings(settings);
+    let files = cfg.tls.load("redis")?;
+    let (host, port, url_tls) = match info.addr() {
+        ConnectionAddr::Tcp(h, p) => (h.clone(), *p, false),
+        ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port, true),
+        _ => {
+            if cfg.tls.mode != TlsMode::Disable {
+                anyhow::bail!("[redis.tls] is set but [redis] url is a Unix socket; TLS needs a TCP address (redis://HOST:PORT)");
+            }
+            return redis::Client::open(info).map_err(invalid);
+        }
+    };
+    let mode = match (cfg.tls.mode, url_tls) {
+        (TlsMode::Disable, true) if cfg.tls.ca_file.is_none() => TlsMode::VerifyFull,
+        (m, _) => m,
+    };
+    if mode == TlsMode::Disable {
+        return redis::Client::open(info.set_addr(ConnectionAddr::Tcp(host, port))).map_err(invalid);
+    }
+    info = info.set_addr(ConnectionAddr::TcpTls { host, port, insecure: mode == TlsMode::Require, tls_params: None });
+    let certs = redis::TlsCertificates {
+        client_tls: match (files.cert_pem, files.key_pem) {
+            (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+            _ => None,
+        },
+        root_cert: files.ca_pem,
+    };
+    let client = redis::Client::build_with_tls(info, certs)
+        .map_err(|e| anyhow::anyhow!("[redis.tls] cannot use the certificate files: {e}"))?;
+    if mode != TlsMode::VerifyCa {
+        return Ok(client);
+    }
+    // verify-ca: the chain is checked, the host name is not.
+    let mut addr = client.get_connection_info().addr().clone();
+    addr.set_danger_accept_invalid_hostnames(true);
+    redis::Client::open(client.get_connection_info().clone().set_addr(addr)).map_err(invalid)
 }
 
 struct Sink {
@@ -186,7 +258,7 @@ impl Sink {
             }
         };
         if let Err(e) = rt.block_on(self.connect()) {
-            tracing::warn!(url = %self.cfg.url, "Redis is not reachable yet ({e}); cache deletes will wait and retry");
+            tracing::warn!(url = %redact(&self.cfg.url), "Redis is not reachable yet ({e}); cache deletes will wait and retry");
         }
         let window = Duration::from_millis(self.cfg.batch_ms);
         while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), window) {
@@ -205,8 +277,11 @@ impl Sink {
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
-                .map_err(|e| format!("cannot connect to Redis at {}: {e}", self.cfg.url))?;
-            tracing::info!(url = %self.cfg.url, "connected to Redis");
+                .map_err(|e| {
+                    let text = e.to_string();
+                    format!("cannot connect to Redis at {}: {text}{}", redact(&self.cfg.url), super::tls::explain("redis", &text))
+                })?;
+            tracing::info!(url = %redact(&self.cfg.url), tls = matches!(self.client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. }), "connected to Redis");
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("just connected"))

@@ -32,8 +32,16 @@ use tokio::sync::watch;
 #[serde(deny_unknown_fields)]
 pub struct MongoSourceConfig {
     pub name: String,
-    /// A `mongodb://` or `mongodb+srv://` connection string.
+    /// A `mongodb://` or `mongodb+srv://` connection string. TLS is set in it
+    /// (`tls=true&tlsCAFile=...&tlsCertificateKeyFile=...`, see docs/mongo.md).
     pub uri: String,
+    /// The password of the uri's user, kept out of the uri (or
+    /// `OPLET__SOURCE__N__PASSWORD`); never logged.
+    #[serde(default)]
+    pub password: Option<crate::effect::secrets::Secret>,
+    /// A file whose first line is that password (a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
     /// `"db.coll"` namespaces; one change stream each.
     #[serde(default, deserialize_with = "namespaces")]
     pub collections: Vec<String>,
@@ -387,14 +395,16 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
     let name = cfg.name.clone();
     let targets = cfg.targets().with_context(|| format!("source {name:?}"))?;
     let (client, probe) =
-        connect(&name, "MongoDB", &cfg.uri, cfg.server_selection_timeout_ms).await.with_context(|| format!("source {name:?}"))?;
+        connect(&name, "MongoDB", &cfg.uri, cfg.server_selection_timeout_ms, source_password(&cfg)?.as_ref())
+            .await
+            .with_context(|| format!("source {name:?}"))?;
     let mut probes = vec![probe.failed()];
     let store = match cfg.checkpoint.store {
         StoreKind::Local => Checkpoints::Local(ctx.store.clone()),
         StoreKind::Mongo => {
             let ckpt_client = match &cfg.checkpoint.uri {
                 Some(uri) => {
-                    let (c, p) = connect(&name, "the checkpoint store (checkpoint.uri)", uri, cfg.server_selection_timeout_ms)
+                    let (c, p) = connect(&name, "the checkpoint store (checkpoint.uri)", uri, cfg.server_selection_timeout_ms, None)
                         .await
                         .with_context(|| format!("source {name:?}: checkpoint.uri"))?;
                     probes.push(p.failed());
@@ -491,10 +501,27 @@ pub fn check_uri(uri: &str) -> anyhow::Result<()> {
 
 /// A client for `uri` whose server monitor reports to a `Probe` (`what` names the
 /// server in its log lines).
-async fn connect(source: &str, what: &'static str, uri: &str, selection_timeout_ms: u64) -> anyhow::Result<(mongodb::Client, Arc<connection::Probe>)> {
+async fn connect(
+    source: &str,
+    what: &'static str,
+    uri: &str,
+    selection_timeout_ms: u64,
+    password: Option<&crate::effect::secrets::Secret>,
+) -> anyhow::Result<(mongodb::Client, Arc<connection::Probe>)> {
     let mut options = mongodb::options::ClientOptions::parse(uri).await.map_err(|e| {
         crate::exit::fatal(crate::exit::Cause::MongoConnection, format!("cannot use uri {}: {e}", redact(uri)))
     })?;
+    if let Some(password) = password {
+        match options.credential.as_mut() {
+            Some(c) if c.username.is_some() => c.password = Some(password.expose().to_string()),
+            _ => {
+                return Err(crate::exit::fatal(
+                    crate::exit::Cause::Config,
+                    format!("password (or password_file) is set but uri {} names no user; write mongodb://USER@HOST/...", redact(uri)),
+                ))
+            }
+        }
+    }
     if options.server_selection_timeout.is_none() {
         options.server_selection_timeout = Some(Duration::from_millis(selection_timeout_ms));
     }
@@ -505,6 +532,12 @@ async fn connect(source: &str, what: &'static str, uri: &str, selection_timeout_
     options.sdam_event_handler = Some(handler);
     connection::spawn_hello_probes(&probe, source, what, &options);
     Ok((mongodb::Client::with_options(options)?, probe))
+}
+
+/// `password` / `password_file` of a source, read now (a missing file stops the start).
+fn source_password(cfg: &MongoSourceConfig) -> anyhow::Result<Option<crate::effect::secrets::Secret>> {
+    crate::effect::secrets::password(&format!("source {:?}", cfg.name), cfg.password.as_ref(), cfg.password_file.as_deref())
+        .map_err(|e| crate::exit::fatal(crate::exit::Cause::Config, e.to_string()))
 }
 
 /// The URI without its password, for messages.

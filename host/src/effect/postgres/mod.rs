@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use value::ColumnKind;
+use super::secrets::Secret;
+use super::tls::{PgRustls, TlsConfig, TlsMode};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +62,15 @@ pub struct PostgresConfig {
     /// if missing; a record already there (a replay) is not written again.
     #[serde(default)]
     pub audit_table: Option<String>,
+    /// The password, if the URL has none (or `OPLET__POSTGRES__PASSWORD`); never logged.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file whose first line is the password (a mounted secret, a systemd credential).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// `[postgres.tls]`: mode, CA, client certificate.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 fn default_batch_max() -> usize {
@@ -101,6 +112,9 @@ impl PostgresConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             timeout_ms: default_timeout_ms(),
             audit_table: None,
+            password: None,
+            password_file: None,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -143,8 +157,7 @@ impl PostgresHandle {
     /// down only delays the rows (logged, retried); a malformed URL or audit
     /// table name is an error here.
     pub fn start(cfg: &PostgresConfig, dead: Arc<DeadLetters>) -> anyhow::Result<PostgresHandle> {
-        let mut pg: tokio_postgres::Config =
-            cfg.url.parse().map_err(|e| anyhow::anyhow!("[postgres] url is invalid: {e}"))?;
+        let (mut pg, tls) = connect_config(cfg)?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
         }
@@ -157,6 +170,7 @@ impl PostgresHandle {
         let sink = Sink {
             cfg: cfg.clone(),
             pg,
+            tls,
             conn: None,
             tables: HashMap::new(),
             missing: HashSet::new(),
@@ -226,6 +240,8 @@ struct Conn {
 struct Sink {
     cfg: PostgresConfig,
     pg: tokio_postgres::Config,
+    /// `None`: plain TCP (`[postgres.tls] mode = "disable"`).
+    tls: Option<PgRustls>,
     conn: Option<Conn>,
     /// Catalog entries by table name as plugins write it.
     tables: HashMap<String, TableInfo>,
@@ -286,17 +302,23 @@ impl Sink {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let (client, connection) = self
-                .pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| Transient(format!("cannot connect to PostgreSQL: {}", error_text(&e))))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("PostgreSQL connection ended: {e}");
+            let failed = |e: tokio_postgres::Error| {
+                let text = error_text(&e);
+                Transient(format!("cannot connect to PostgreSQL: {text}{}", super::tls::explain("postgres", &text)))
+            };
+            let client = match &self.tls {
+                None => {
+                    let (client, connection) = self.pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+                    spawn_connection(connection);
+                    client
                 }
-            });
-            tracing::info!("connected to PostgreSQL");
+                Some(tls) => {
+                    let (client, connection) = self.pg.connect(tls.clone()).await.map_err(failed)?;
+                    spawn_connection(connection);
+                    client
+                }
+            };
+            tracing::info!(tls = ?self.cfg.tls.mode, "connected to PostgreSQL");
             // The schema may have changed while we were away.
             self.tables.clear();
             self.missing.clear();
@@ -570,6 +592,45 @@ impl Sink {
     }
 }
 
+/// The client config for `cfg` and its TLS connector: the URL's password is
+/// replaced by `password` / `password_file` when those are set, and the URL never
+/// appears in an error (it may hold a password).
+fn connect_config(cfg: &PostgresConfig) -> anyhow::Result<(tokio_postgres::Config, Option<PgRustls>)> {
+    let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| {
+        anyhow::anyhow!("[postgres] url {} is invalid: {e}; write postgres://USER@HOST:PORT/DB or host=H user=U dbname=D", super::secrets::redact(&cfg.url))
+    })?;
+    if let Some(p) = super::secrets::password("postgres", cfg.password.as_ref(), cfg.password_file.as_deref())? {
+        pg.password(p.expose());
+    }
+    let files = cfg.tls.load("postgres")?;
+    let tls = match cfg.tls.mode {
+        TlsMode::Disable => {
+            if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                anyhow::bail!("[postgres] url asks for sslmode=require but [postgres.tls] mode is \"disable\"; set [postgres.tls] mode = \"verify-full\" (with ca_file) or \"require\"");
+            }
+            pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            None
+        }
+        mode => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(PgRustls::new(files.client_config("postgres", mode)?))
+        }
+    };
+    Ok((pg, tls))
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("PostgreSQL connection ended: {e}");
+        }
+    });
+}
+
 fn params(s: &Statement) -> Vec<&(dyn ToSql + Sync)> {
     s.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
@@ -598,7 +659,16 @@ fn error_text(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => format!("{e}"),
+        None => {
+            // The cause (an I/O or TLS error) is the part an operator can act on.
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        }
     }
 }
 
