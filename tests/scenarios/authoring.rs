@@ -197,7 +197,7 @@ async fn recorded_mongodb_changes_replay_through_plugin_test_as_the_host_ran_the
     let events = read_lines(&recorded);
     let ops: Vec<&str> = events.iter().map(|e| e["body"]["data"]["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["insert", "update", "delete"], "{events:?}");
-    assert_eq!(events[1]["body"]["data"]["updated_fields"], serde_json::json!({"status": "paid"}));
+    assert_eq!(events[1]["body"]["data"]["updated_fields"], serde_json::json!({"status": "paid"}), "{}", events[1]);
     assert_eq!(events[1]["body"]["data"]["removed_fields"], serde_json::json!(["total"]));
     assert!(events.iter().all(|e| e["body"]["data"]["key"]["_id"] == "o1" && e["source"] == "orders"), "{events:?}");
     // It never moved the host's checkpoints: it kept its own.

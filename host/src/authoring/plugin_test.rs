@@ -51,6 +51,17 @@ pub fn run(code: &PluginCode, m: &Manifest, opts: &Options) -> anyhow::Result<Ex
         return Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS });
     };
 
+    // Expectations are matched by event id: two events with one id cannot both have one.
+    let mut first_line = std::collections::HashMap::new();
+    for o in &outcomes {
+        if let Some(first) = first_line.insert(o.id.as_str(), o.line) {
+            anyhow::bail!(
+                "{} line {}: event id {:?} is also on line {first}; --expect matches events by id: give each event its own \"id\" (or leave ids out: they default to test:LINE)",
+                opts.events.display(), o.line, o.id
+            );
+        }
+    }
+
     if opts.update {
         let mut out = String::new();
         for o in &outcomes {
