@@ -1,12 +1,13 @@
-//! The `oplet` command line: `run`, `plugin check`, `plugin test`, `dlq
-//! list|show|replay` (dead letters, see `dlq`), `config check`.
+//! The `oplet` command line: `run`, `plugin new|check|test`, `events record`,
+//! `dlq list|show|replay` (dead letters, see `dlq`), `config check`.
 //!
 //! `plugin check` and `plugin test` are the offline loop for plugin authors: they
 //! load a module exactly as the host does (same validation and limits) and run it
-//! on events from a JSON-lines file, printing the effects or the error per event.
+//! on events from a JSON-lines file, printing the effects or the error per event
+//! (or comparing them with an expected file). The authoring commands live in
+//! `crate::authoring`; this file only parses and dispatches.
 
 use crate::config::{Ceilings, Config};
-use crate::effect;
 use crate::manifest::Manifest;
 use crate::runtime::reload::PluginFiles;
 use crate::runtime::{Limits, PluginCode, Runtime};
@@ -41,6 +42,32 @@ enum Command {
     /// Host configuration tools.
     #[command(subcommand, name = "config")]
     ConfigCmd(ConfigCommand),
+    /// Real events for plugin tests.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Write the events a source of a host config delivers, as JSON lines for `plugin test`.
+    Record {
+        /// The host configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The `[[source]]` (or `[socket]`) name to record.
+        #[arg(long)]
+        source: String,
+        /// Stop after this many events (default: until Ctrl-C or the source's end).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Start where the host's last checkpoint of this source is, instead of now
+        /// (the host's checkpoint is read, never moved).
+        #[arg(long)]
+        since_checkpoint: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +132,16 @@ enum DlqCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a plugin project (source, manifest, sample events, expected effects, README).
+    New {
+        /// The plugin's name (its module is NAME.wasm): lower-case letters, digits, '-', '_'.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::authoring::scaffold::Lang,
+        /// The project folder to create (default: ./NAME); must be absent or empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Validate a plugin: exports, ABI version, manifest, and that init accepts its config.
     Check {
         /// The module (`NAME.wasm`).
@@ -113,7 +150,10 @@ enum PluginCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
-    /// Run a plugin on each event of a JSON-lines file and print what it returns.
+    /// Run a plugin on each event of a JSON-lines file and print what it returns,
+    /// or compare that with an expected file. Exit code 0: as expected; 1: a
+    /// mismatch, a failed event (without --expect) or a refused effect (with
+    /// --check-capabilities); 2: the module, manifest or a file cannot be used.
     Test {
         wasm: PathBuf,
         /// One event per line (the JSON shape of `oplet_sdk::Event`).
@@ -121,6 +161,15 @@ enum PluginCommand {
         events: PathBuf,
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Expected outcomes, one JSON line per event id: compare, print a diff per event.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Rewrite the --expect file with what the plugin does now.
+        #[arg(long, requires = "expect")]
+        update: bool,
+        /// Fail when an effect is not asked for by the manifest's [capabilities].
+        #[arg(long)]
+        check_capabilities: bool,
     },
 }
 
@@ -136,7 +185,17 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Plugin(PluginCommand::Check { wasm, manifest }) => check(&wasm, manifest.as_deref()),
-        Command::Plugin(PluginCommand::Test { wasm, events, manifest }) => test(&wasm, &events, manifest.as_deref()),
+        Command::Plugin(PluginCommand::Test { wasm, events, manifest, expect, update, check_capabilities }) => {
+            let opts = crate::authoring::plugin_test::Options { events: &events, expect: expect.as_deref(), update, check_capabilities };
+            load_for_cli(&wasm, manifest.as_deref()).and_then(|(code, m)| crate::authoring::plugin_test::run(&code, &m, &opts))
+        }
+        Command::Plugin(PluginCommand::New { name, lang, dir }) => crate::authoring::scaffold::new_plugin(&name, lang, dir.as_deref()).map(|project| {
+            println!("{}", crate::authoring::scaffold::next_steps(&name, lang, &project));
+            ExitCode::SUCCESS
+        }),
+        Command::Events(EventsCommand::Record { config, source, limit, since_checkpoint, out }) => {
+            crate::authoring::record::record(&crate::authoring::record::Options { config: &config, source: &source, limit, since_checkpoint, out: out.as_deref() })
+        }
         Command::Dlq(cmd) => dlq(cmd),
         Command::ConfigCmd(ConfigCommand::Check { config, connect }) => crate::config_check::run(&config, connect),
     };
@@ -240,59 +299,6 @@ fn check(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<ExitCode> {
     );
     println!("  subscribes to {} subscription(s); asks for {}", m.subscribe.len(), describe_capabilities(&m.capabilities));
     Ok(ExitCode::SUCCESS)
-}
-
-fn test(wasm: &Path, events: &Path, manifest: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (code, m) = load_for_cli(wasm, manifest)?;
-    let text = std::fs::read_to_string(events).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", events.display()))?;
-    let mut instance = code.new_instance().map_err(|e| anyhow::anyhow!("cannot instantiate: {e}"))?;
-    let mut failures = 0;
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with("//") {
-            continue;
-        }
-        // Encoded once, as a source does; the filter reads the header, the plugin the bytes.
-        let event = match crate::source::jsonl::parse_line(line, "test", n).and_then(|e| crate::envelope::Event::encode(&e)) {
-            Ok(e) => e,
-            Err(e) => {
-                failures += 1;
-                println!("{}", serde_json::json!({"line": n, "error": format!("not a valid event: {e}")}));
-                continue;
-            }
-        };
-        // The host never runs a plugin on an event it does not subscribe to: neither
-        // does this test, so its output is what the plugin would do when deployed.
-        if !m.matches(&event) {
-            println!("{}", serde_json::json!({"line": n, "seq": event.seq, "subscribed": false, "skipped": "the manifest's [[subscribe]] does not match this event (kind, namespace or operation), so the host would not run the plugin on it"}));
-            continue;
-        }
-        let subscribed = true;
-        match instance.handle(event.bytes()) {
-            Ok(effects) => {
-                let checked: Vec<serde_json::Value> = effects
-                    .iter()
-                    .map(|eff| {
-                        let mut v = serde_json::to_value(eff).expect("effect serializes");
-                        if let Err(r) = effect::check(eff, &m.capabilities) {
-                            v["refused"] = serde_json::Value::String(format!("the manifest does not ask for this: {r}"));
-                        }
-                        v
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({"line": n, "seq": event.seq, "subscribed": subscribed, "effects": checked}));
-            }
-            Err(e) => {
-                failures += 1;
-                println!("{}", serde_json::json!({"line": n, "seq": event.seq, "subscribed": subscribed, "error": e.to_string()}));
-                if e.poisons_instance() {
-                    instance = code.new_instance().map_err(|e| anyhow::anyhow!("cannot instantiate: {e}"))?;
-                }
-            }
-        }
-    }
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// What a manifest asks for, as a person reads it: "audit; cache keys starting

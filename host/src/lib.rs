@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod append;
+pub mod authoring;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -47,6 +47,8 @@ mod effect;
 mod event;
 mod plugin;
 mod raw;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod value;
 mod view;
 
