@@ -475,6 +475,8 @@ struct Progress {
     started: Instant,
     every: Duration,
     last_log: Instant,
+    /// `done` at the last log line: the rate logged is the one since then.
+    done_at_log: u64,
     bar: Option<Instant>,
 }
 
@@ -490,6 +492,7 @@ impl Progress {
             started: now,
             every: Duration::from_millis(every_ms),
             last_log: now,
+            done_at_log: done_before,
             bar: bar.then_some(now),
         }
     }
@@ -500,9 +503,14 @@ impl Progress {
     }
 
     fn tick(&mut self, done: u64) {
-        if self.last_log.elapsed() >= self.every {
+        if done == self.done_before + 1 {
+            // Rates count from the first document, not from the count and the query.
+            self.started = Instant::now();
+            self.last_log = self.started;
+        } else if self.last_log.elapsed() >= self.every {
+            let rate = (done - self.done_at_log) as f64 / self.last_log.elapsed().as_secs_f64().max(1e-3);
             self.last_log = Instant::now();
-            let rate = self.rate(done);
+            self.done_at_log = done;
             let eta = match self.total.checked_sub(done) {
                 Some(left) if rate > 0.0 && self.total > 0 => format!("{:.0}s", left as f64 / rate),
                 _ => "unknown".into(),
