@@ -212,7 +212,7 @@ async fn an_initial_snapshot_mirrors_every_document_and_the_writes_made_while_it
     assert_eq!(count(&sql, "users").await, expected.len() as i64);
 
     // A restart with a checkpoint reads nothing again.
-    oplet.terminate().unwrap();
+    assert!(oplet.terminate().unwrap().success(), "{}", oplet.logs());
     let oplet = Oplet::start(&host.config());
     oplet.wait_for_log("watching the change stream; resuming", WAIT).await.unwrap();
     assert!(oplet.log_lines_containing("initial snapshot").is_empty(), "{}", oplet.logs());
