@@ -1,5 +1,5 @@
-//! The `oplet` command line: `run`, `plugin new|check|test`, `events record`,
-//! `dlq list|show|replay` (dead letters, see `dlq`), `config check`.
+//! The `oplet` command line: `run`, `backfill`, `plugin new|check|test`, `events
+//! record`, `dlq list|show|replay` (dead letters, see `dlq`), `config check`.
 //!
 //! `plugin check` and `plugin test` are the offline loop for plugin authors: they
 //! load a module exactly as the host does (same validation and limits) and run it
@@ -32,6 +32,21 @@ enum Command {
         /// Host configuration file.
         #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
         config: PathBuf,
+    },
+    /// Deliver the documents that already exist to one plugin (as `snapshot`
+    /// events), then stop; resumable, and safe beside a running host.
+    Backfill {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        /// The plugin (in the config's plugin folder) that receives the documents.
+        #[arg(long)]
+        plugin: String,
+        /// Only this `db.coll` (one of a source's `collections`); default: all of them.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Only documents matching this query (extended JSON), e.g. '{"status": "active"}'.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Plugin authoring tools.
     #[command(subcommand)]
@@ -184,6 +199,7 @@ pub fn main() -> ExitCode {
     init_logging(format.unwrap_or_default());
     let result = match cli.command {
         Command::Run { config } => run(&config),
+        Command::Backfill { config, plugin, collection, filter } => backfill(&config, &plugin, collection.as_deref(), filter.as_deref()),
         Command::Plugin(PluginCommand::Check { wasm, manifest }) => check(&wasm, manifest.as_deref()),
         Command::Plugin(PluginCommand::Test { wasm, events, manifest, expect, update, check_capabilities }) => {
             let opts = crate::authoring::plugin_test::Options { events: &events, expect: expect.as_deref(), update, check_capabilities };
@@ -250,7 +266,10 @@ fn dlq(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+    run_config(Config::load(config_path)?)
+}
+
+fn run_config(config: Config) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let outcome = rt.block_on(crate::host::run(config))?;
     use crate::host::Outcome;
@@ -267,6 +286,90 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         Outcome::SourcesDone | Outcome::Signal => ExitCode::SUCCESS,
     })
+}
+
+/// `oplet backfill`: the host, cut down to one plugin and to reading what exists.
+/// Its checkpoints, dead letters and audit file live in `state_dir/backfill/PLUGIN`
+/// (a file has one writer, and a running host keeps its own); its sinks are the
+/// host's, where upserts by key make two writers harmless.
+fn backfill(config_path: &Path, plugin: &str, collection: Option<&str>, filter: Option<&str>) -> anyhow::Result<ExitCode> {
+    use crate::config::SourceConfig;
+    let mut config = Config::load(config_path)?;
+    let dir = config.plugins.dir.clone();
+    let (wasm, toml) = (dir.join(format!("{plugin}.wasm")), dir.join(format!("{plugin}.toml")));
+    if !wasm.is_file() || !toml.is_file() {
+        anyhow::bail!("--plugin {plugin:?}: {} and {} must both exist in the plugin folder (plugins.dir of {})", wasm.display(), toml.display(), config_path.display());
+    }
+    let (filter_doc, filter_text) = match filter {
+        None => (None, String::new()),
+        Some(text) => (Some(parse_filter(text)?), text.to_string()),
+    };
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut sources = Vec::new();
+    let mut namespaces = Vec::new();
+    for sc in std::mem::take(&mut config.sources) {
+        let SourceConfig::Mongo(mut m) = sc else { continue };
+        if let Some(ns) = collection {
+            if !m.collections.iter().any(|c| c == ns) {
+                continue;
+            }
+            m.collections = vec![ns.to_string()];
+        }
+        if m.collections.is_empty() {
+            continue;
+        }
+        m.databases.clear();
+        m.deployment = false;
+        m.backfill = Some(crate::source::mongo::snapshot::Backfill { plugin: plugin.into(), filter: filter_doc.clone(), filter_text: filter_text.clone(), bar });
+        namespaces.extend(m.collections.iter().cloned());
+        sources.push(SourceConfig::Mongo(m));
+    }
+    if sources.is_empty() {
+        match collection {
+            Some(ns) => anyhow::bail!("--collection {ns:?} is not in the `collections` of any [[source]] of type \"mongo\" in {}", config_path.display()),
+            None => anyhow::bail!("no [[source]] of type \"mongo\" lists `collections` in {}: nothing to backfill", config_path.display()),
+        }
+    }
+    // The plugin must take snapshot events, or it would be handed nothing.
+    let manifest_text = std::fs::read_to_string(&toml).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", toml.display()))?;
+    let manifest = Manifest::from_toml(&manifest_text, &toml)?;
+    let takes = |ns: &String| {
+        let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+        let change = oplet_sdk::Change { op: oplet_sdk::OperationType::Snapshot, db: db.into(), coll: coll.into(), ..Default::default() };
+        manifest.matches(&crate::envelope::Event::placeholder(&oplet_sdk::Event { seq: 1, id: String::new(), source: String::new(), time_ms: 0, body: oplet_sdk::EventBody::Change(change) }))
+    };
+    let refused: Vec<&String> = namespaces.iter().filter(|ns| !takes(ns)).collect();
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "plugin {plugin:?} does not subscribe to operation \"snapshot\" on {}: add \"snapshot\" to the `operations` of its [[subscribe]] in {} (or pass --collection)",
+            refused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            toml.display()
+        );
+    }
+    let state = config.state_dir.join("backfill").join(plugin);
+    let only = state.join("plugins");
+    std::fs::create_dir_all(&only).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", only.display()))?;
+    for (from, name) in [(&wasm, format!("{plugin}.wasm")), (&toml, format!("{plugin}.toml"))] {
+        std::fs::copy(from, only.join(&name)).map_err(|e| anyhow::anyhow!("cannot copy {} into {}: {e}", from.display(), only.display()))?;
+    }
+    config.sources = sources;
+    config.socket = None;
+    config.plugins.dir = only;
+    config.plugins.watch = false;
+    config.audit.path = Some(state.join("audit.jsonl"));
+    config.state_dir = state;
+    tracing::info!(plugin = %plugin, "backfilling {} for plugin {plugin:?} only (state in {})", namespaces.join(", "), config.state_dir.display());
+    run_config(config)
+}
+
+/// `--filter` text as a query document, or an error that says what to write.
+fn parse_filter(text: &str) -> anyhow::Result<mongodb::bson::Document> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--filter is not valid JSON ({e}): write a query such as '{{\"status\": \"active\"}}'"))?;
+    match mongodb::bson::Bson::try_from(json) {
+        Ok(mongodb::bson::Bson::Document(d)) => Ok(d),
+        Ok(_) => anyhow::bail!("--filter must be a JSON object (a query such as '{{\"status\": \"active\"}}'), not {text}"),
+        Err(e) => anyhow::bail!("--filter is not valid extended JSON: {e}"),
+    }
 }
 
 fn load_for_cli(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<(PluginCode, Manifest)> {

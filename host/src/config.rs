@@ -612,6 +612,8 @@ pub const NUMERIC_KEYS: &[(&str, i64, i64)] = &[
     ("source.*.max_await_ms", 1, 3_600_000),
     ("source.*.idle_pause_min_ms", 0, 60_000),
     ("source.*.idle_pause_max_ms", 0, 600_000),
+    ("source.*.snapshot_batch", 1, 1_000_000),
+    ("source.*.snapshot_progress_ms", 1, 86_400_000),
     ("source.*.server_selection_timeout_ms", 1, 3_600_000),
     ("source.*.reconnect.initial_ms", 1, 3_600_000),
     ("source.*.reconnect.max_ms", 1, 86_400_000),

@@ -221,6 +221,10 @@ pub enum OperationType {
     Rename,
     DropDatabase,
     Invalidate,
+    /// Not a change: a document as it already was, read by the host's initial
+    /// snapshot or an `oplet backfill` (its whole document in `full_document`).
+    /// Only plugins that subscribe to it (or to every operation) receive it.
+    Snapshot,
     /// Any operation type this SDK does not know yet.
     Other(String),
 }
@@ -236,6 +240,7 @@ impl OperationType {
             OperationType::Rename => "rename",
             OperationType::DropDatabase => "dropDatabase",
             OperationType::Invalidate => "invalidate",
+            OperationType::Snapshot => "snapshot",
             OperationType::Other(s) => s,
         }
     }
@@ -250,6 +255,7 @@ impl OperationType {
             "rename" => OperationType::Rename,
             "dropDatabase" => OperationType::DropDatabase,
             "invalidate" => OperationType::Invalidate,
+            "snapshot" => OperationType::Snapshot,
             other => OperationType::Other(other.to_string()),
         }
     }

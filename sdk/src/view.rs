@@ -32,7 +32,8 @@ pub enum BodyView<'a> {
 /// A change, borrowed. Documents are [`RawValue`]s (maps when present).
 #[derive(Debug, Clone, Copy)]
 pub struct ChangeView<'a> {
-    /// The operation type as the host wrote it (`"insert"`, `"update"`, ...).
+    /// The operation type as the host wrote it (`"insert"`, `"update"`, ...;
+    /// `"snapshot"` for an existing document read by a snapshot or backfill).
     pub op: &'a str,
     pub db: &'a str,
     pub coll: &'a str,

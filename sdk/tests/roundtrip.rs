@@ -74,6 +74,7 @@ fn every_operation_type() -> Vec<OperationType> {
         OperationType::Rename,
         OperationType::DropDatabase,
         OperationType::Invalidate,
+        OperationType::Snapshot,
         OperationType::Other("shardCollection".into()),
     ]
 }

@@ -13,6 +13,7 @@ mod convert;
 mod feed;
 mod poll;
 mod retry;
+pub mod snapshot;
 mod stream;
 pub mod transcode;
 
@@ -87,6 +88,20 @@ pub struct MongoSourceConfig {
     /// how long one attempt waits for an unreachable server before backing off.
     #[serde(default = "default_server_selection_ms")]
     pub server_selection_timeout_ms: u64,
+    /// `"initial"`: on the first start of a collection (no checkpoint yet), deliver
+    /// every existing document as a `snapshot` event, then the changes made since
+    /// just before the snapshot began. `"never"` (default): changes from now only.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Documents per server batch when a snapshot or backfill reads a collection.
+    #[serde(default = "default_snapshot_batch")]
+    pub snapshot_batch: u32,
+    /// How often a snapshot or backfill logs its progress (done/total, rate, ETA).
+    #[serde(default = "default_snapshot_progress_ms")]
+    pub snapshot_progress_ms: u64,
+    /// Set by `oplet backfill` only (never from a file): read, deliver, stop.
+    #[serde(skip)]
+    pub backfill: Option<snapshot::Backfill>,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
@@ -106,6 +121,22 @@ fn default_idle_pause_max_ms() -> u64 {
 }
 fn default_server_selection_ms() -> u64 {
     10_000
+}
+fn default_snapshot_batch() -> u32 {
+    5000
+}
+fn default_snapshot_progress_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Changes from the first start on; existing documents are not read.
+    #[default]
+    Never,
+    /// Existing documents first (once, resumable), then the changes.
+    Initial,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -359,6 +390,15 @@ impl MongoSourceConfig {
         if out.is_empty() {
             bail!("nothing to watch: set collections = [\"db.coll\", ...], databases = [...] or deployment = true");
         }
+        if self.snapshot == SnapshotMode::Initial && (self.deployment || !self.databases.is_empty()) {
+            bail!("snapshot = \"initial\" reads collections: list them in `collections` (a database or deployment watch has no snapshot)");
+        }
+        if self.snapshot_batch == 0 {
+            bail!("snapshot_batch = 0: set the number of documents per read batch, e.g. 5000");
+        }
+        if self.snapshot_progress_ms == 0 {
+            bail!("snapshot_progress_ms = 0: set how often progress is logged, in ms, e.g. 10000");
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = out.iter().find(|t| !seen.insert(t.key(""))) {
             bail!("{} is listed twice", dup.label());
@@ -563,7 +603,11 @@ async fn watch_target(
     mut stop: watch::Receiver<bool>,
     start_saver: impl FnOnce(Arc<Tracker>, Checkpoints),
 ) -> anyhow::Result<()> {
-    let key = target.key(&shared.cfg.name);
+    let key = match &shared.cfg.backfill {
+        // Its own checkpoint: a backfill never moves (or reads) the stream's.
+        Some(b) => format!("backfill.{}.{}", b.plugin, target.key(&shared.cfg.name)),
+        None => target.key(&shared.cfg.name),
+    };
     let label = target.label();
     let Some(saved) = checkpoints::load_with_retry(&store, &key, &shared.cfg.reconnect, &mut stop).await? else {
         return Ok(()); // stopped while the checkpoint store was unreachable
@@ -572,6 +616,23 @@ async fn watch_target(
     crate::metrics::watch_tracker(&tracker);
     start_saver(tracker.clone(), store);
     let mut feed = Feed::new(&shared.cfg.name, &label, tracker, shared.tx.clone(), saved.clone());
+    let mut saved = saved;
+    if let Target::Collection { db, coll } = &target {
+        if let Some(b) = &shared.cfg.backfill {
+            snapshot::backfill(shared, db, coll, &mut feed, saved.as_ref(), b, &mut stop).await?;
+            return Ok(());
+        }
+        if shared.cfg.snapshot == SnapshotMode::Initial {
+            match snapshot::initial(shared, db, coll, &mut feed, saved.as_ref(), &mut stop).await? {
+                snapshot::Ended::Stopped => return Ok(()),
+                snapshot::Ended::Done(holder) => {
+                    snapshot::hold(holder, stop.clone());
+                    saved = feed.last().cloned();
+                }
+                snapshot::Ended::NotNeeded | snapshot::Ended::Unsupported => {}
+            }
+        }
+    }
     let poll_target = |why: &str| -> anyhow::Result<(String, String)> {
         match &target {
             Target::Collection { db, coll } => Ok((db.clone(), coll.clone())),

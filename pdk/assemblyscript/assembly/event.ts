@@ -203,6 +203,8 @@ function quote(s: string): string {
 
 /** A change in a database collection (docs/abi.md §7.2). */
 export class Change {
+  /** "insert", "update", "replace", "delete", ...; "snapshot" for an existing
+   *  document read by the host's initial snapshot or `oplet backfill`. */
   op: string = "";
   db: string = "";
   coll: string = "";

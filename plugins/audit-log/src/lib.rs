@@ -17,11 +17,15 @@ pub struct Config {
     pub actor_field: String,
     /// `db.coll`, `db.*` or `*` patterns to record; empty means every change.
     pub namespaces: Vec<String>,
+    /// Also record `snapshot` events (documents that already existed, read by the
+    /// host's initial snapshot or `oplet backfill`). Off: they are not changes, and
+    /// a snapshot of a big collection would write one record per document.
+    pub snapshots: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { actor_field: "actor".into(), namespaces: vec![] }
+        Config { actor_field: "actor".into(), namespaces: vec![], snapshots: false }
     }
 }
 
@@ -44,6 +48,9 @@ impl Plugin for AuditLog {
 
     fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
         let Some(change) = event.change() else { return Ok(vec![]) };
+        if change.op == "snapshot" && !self.config.snapshots {
+            return Ok(vec![]);
+        }
         let ns = &self.config.namespaces;
         if !ns.is_empty() && !ns.iter().any(|p| change.in_namespace(p)) {
             return Ok(vec![]);
@@ -77,7 +84,7 @@ struct Record<'a> {
 /// replacing document; null when the change does not say.
 fn changed_fields<'a>(change: &ChangeView<'a>) -> Option<Vec<&'a str>> {
     match change.op {
-        "insert" | "replace" => Some(change.full_document?.as_map()?.keys().collect()),
+        "insert" | "replace" | "snapshot" => Some(change.full_document?.as_map()?.keys().collect()),
         _ if change.updated_fields.is_some() || change.removed_fields.is_some() => {
             let set = change.updated_fields.into_iter().flat_map(|u| u.keys());
             let removed = change.removed_fields.into_iter().flatten().filter_map(|r| r.as_str());
@@ -157,6 +164,16 @@ mod tests {
         assert_eq!(r.get("changed_fields"), Some(&Value::Null));
         assert_eq!(r.get("actor"), Some(&Value::Null));
         assert_eq!(r.get("op"), Some(&Value::from("delete")));
+    }
+
+    #[test]
+    fn snapshot_reads_are_recorded_only_when_asked() {
+        let mut c = change(OperationType::Snapshot, "users");
+        c.full_document = Some(map(&[("_id", Value::Int(7)), ("name", "Ada".into())]));
+        assert!(plugin(&[]).handle_event(&event(c.clone())).unwrap().is_empty(), "off by default");
+        let r = record(&mut plugin(&[("snapshots", Value::Bool(true))]), &event(c));
+        assert_eq!(r.get("op"), Some(&Value::from("snapshot")));
+        assert_eq!(r.get("changed_fields"), Some(&Value::from(vec!["_id", "name"])));
     }
 
     #[test]

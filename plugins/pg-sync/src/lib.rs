@@ -1,8 +1,9 @@
 //! Bundled plugin `pg-sync`: mirrors MongoDB collections into PostgreSQL tables.
 //!
-//! Each configured table follows one namespace: inserts, updates and replaces
-//! become a row upsert keyed by `_id` (mapped fields in their own columns, the
-//! whole document in a jsonb column); deletes become a row delete.
+//! Each configured table follows one namespace: inserts, updates, replaces and
+//! snapshot reads (existing documents, from the host's initial snapshot or
+//! `oplet backfill`) become a row upsert keyed by `_id` (mapped fields in their own
+//! columns, the whole document in a jsonb column); deletes become a row delete.
 
 use oplet_sdk::{ChangeView, Effect, Error, EventView, LogLevel, Map, Plugin, Result, Value};
 use serde::Deserialize;
@@ -85,7 +86,7 @@ impl Plugin for PgSync {
         let id = Value::String(id.to_key_string());
         let mut effects = Vec::new();
         match (change.op, change.full_document) {
-            ("insert" | "update" | "replace", Some(doc)) => {
+            ("insert" | "update" | "replace" | "snapshot", Some(doc)) => {
                 // The document is turned into an owned value once, whatever the
                 // number of tables, and moved into the last row that takes it: it
                 // is the biggest thing a plugin holds (a 16 MB document is held as
@@ -127,7 +128,7 @@ impl Plugin for PgSync {
             ("delete", _) => {
                 effects.extend(tables.iter().map(|t| t.delete(&id)));
             }
-            (op @ ("insert" | "replace"), None) => effects.push(warn(format!(
+            (op @ ("insert" | "replace" | "snapshot"), None) => effects.push(warn(format!(
                 "pg-sync: {op} of {} {} (event {}) came without a document; nothing written",
                 change.namespace(),
                 id.to_key_string(),
@@ -285,6 +286,14 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_snapshot_read_upserts_like_an_insert() {
+        let doc = map(&[("_id", map(&[("$oid", ID.into())])), ("email", "a@x.io".into())]);
+        let insert = config().handle_event(&event(OperationType::Insert, Some(doc.clone()))).unwrap();
+        let snapshot = config().handle_event(&event(OperationType::Snapshot, Some(doc))).unwrap();
+        assert_eq!(snapshot, insert);
     }
 
     #[test]
