@@ -38,6 +38,8 @@ struct TrackerState {
     completed: u64,
     /// Every event below this one is done and its position durably saved.
     saved_next: u64,
+    /// The highest ticket handed out (`first_seq - 1` before the first).
+    issued: u64,
 }
 
 impl Tracker {
@@ -57,13 +59,17 @@ impl Tracker {
             source: source.to_string(),
             replayable,
             first_seq,
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq }),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, issued: first_seq - 1 }),
             changed: Notify::new(),
         })
     }
 
     /// A ticket for event `seq`; `position` is where to resume after it.
     pub fn ticket(self: &Arc<Self>, seq: u64, position: Option<Position>) -> Ticket {
+        {
+            let mut st = self.state.lock().expect("tracker lock");
+            st.issued = st.issued.max(seq);
+        }
         Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
 
@@ -127,6 +133,13 @@ impl Tracker {
     fn saved(&self, below: u64) {
         let mut st = self.state.lock().expect("tracker lock");
         st.saved_next = st.saved_next.max(below);
+    }
+
+    /// Every ticket handed out so far is done and its position saved: a safe
+    /// point to hand the source over to another host (see `cluster`).
+    pub fn settled(&self) -> bool {
+        let st = self.state.lock().expect("tracker lock");
+        st.next > st.issued && st.saved_next > st.issued
     }
 
     pub fn completed(&self) -> u64 {

@@ -1,4 +1,4 @@
-//! The `oplet` command line: `run`, `plugin check`, `plugin test`.
+//! The `oplet` command line: `run`, `plugin check`, `plugin test`, `cluster status`.
 //!
 //! `plugin check` and `plugin test` are the offline loop for plugin authors: they
 //! load a module exactly as the host does (same validation and limits) and run it
@@ -31,6 +31,21 @@ enum Command {
     /// Plugin authoring tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Several hosts sharing streams through leases (`[cluster]`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Hosts, the streams each owns, lease ages and checkpoint lag, read from MongoDB.
+    Status {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Plugin(PluginCommand::Check { wasm, manifest }) => check(&wasm, manifest.as_deref()),
         Command::Plugin(PluginCommand::Test { wasm, events, manifest }) => test(&wasm, &events, manifest.as_deref()),
+        Command::Cluster(ClusterCommand::Status { config, json }) => cluster_status(&config, json),
     };
     match result {
         Ok(code) => code,
@@ -114,6 +130,19 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         Outcome::SourcesDone | Outcome::Signal => ExitCode::SUCCESS,
     })
+}
+
+/// `oplet cluster status`: read-only, from the lease and checkpoint collections.
+fn cluster_status(config_path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let status = rt.block_on(crate::cluster::status::gather(&config))?;
+    if as_json {
+        println!("{status}");
+    } else {
+        print!("{}", crate::cluster::status::render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_for_cli(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<(PluginCode, Manifest)> {

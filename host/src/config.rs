@@ -36,6 +36,9 @@ pub struct Config {
     pub postgres: Option<crate::effect::postgres::PostgresConfig>,
     /// The Socket.IO server: client events in, emit effects out.
     pub socket: Option<crate::source::socket::SocketConfig>,
+    /// Several hosts sharing the MongoDB sources' streams through leases.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -391,6 +394,7 @@ impl Config {
             }
         }
         self.limits.validate()?;
+        self.cluster.validate(&self.sources)?;
         Ok(())
     }
 
@@ -531,6 +535,8 @@ pub const NUMERIC_KEYS: &[(&str, i64, i64)] = &[
     ("delivery.quarantine_after", 0, 1_000_000),
     ("delivery.quarantine_ms", 1, 86_400_000),
     ("delivery.shutdown_timeout_ms", 1, 86_400_000),
+    ("cluster.lease_ms", 300, 86_400_000),
+    ("cluster.renew_ms", 50, 28_800_000),
     ("audit.batch_max", 1, 100_000),
     ("audit.batch_ms", 0, 60_000),
     ("redis.batch_max", 1, 100_000),

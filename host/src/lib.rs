@@ -7,6 +7,7 @@
 pub mod append;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deadletter;
 pub mod effect;
