@@ -7,7 +7,6 @@
 //! bumps `epoch`, which fences the previous owner's checkpoint writes.
 
 use mongodb::bson::{doc, Document};
-use mongodb::options::ReturnDocument;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds since the epoch.
@@ -124,20 +123,34 @@ impl Leases {
     }
 
     /// Takes the lease of `key` if it is free (never taken, released, or expired);
-    /// returns the new epoch, or `None` when another host holds it.
+    /// returns the new epoch, or `None` when another host holds it or won the race.
+    /// A compare-and-set on the epoch read (`update {_id, epoch: E, free}` to `E +
+    /// 1`), or an insert at epoch 1 that collides on `_id` when another host was
+    /// first: never an upsert with `$or`, which nx-27017 answers inconsistently
+    /// when hosts race (seen: a returned epoch that went back to 1).
     pub async fn acquire(&self, key: &str) -> mongodb::error::Result<Option<i64>> {
         let now = now_ms();
-        let filter = doc! { "_id": lease_id(key), "$or": [ { "expires_ms": { "$lt": now } }, { "owner": null } ] };
-        let update = doc! {
-            "$set": { "kind": "lease", "target": key, "owner": &self.owner, "expires_ms": now + self.lease_ms, "renewed_ms": now, "acquired_ms": now },
-            "$inc": { "epoch": 1i64 },
-        };
-        let taken = self.coll.find_one_and_update(filter, update).upsert(true).return_document(ReturnDocument::After).await;
-        match taken {
-            Ok(Some(d)) => Ok(Lease::from_doc(&d).filter(|l| l.owner.as_deref() == Some(&self.owner)).map(|l| l.epoch)),
-            Ok(None) => Ok(None),
-            Err(e) if duplicate_key(&e) => Ok(None),
-            Err(e) => Err(e),
+        let id = lease_id(key);
+        let set = |epoch: i64| doc! { "kind": "lease", "target": key, "owner": &self.owner, "epoch": epoch, "expires_ms": now + self.lease_ms, "renewed_ms": now, "acquired_ms": now };
+        match self.coll.find_one(doc! { "_id": &id }).await? {
+            None => {
+                let mut d = set(1);
+                d.insert("_id", id.as_str());
+                match self.coll.insert_one(d).await {
+                    Ok(_) => Ok(Some(1)),
+                    Err(e) if duplicate_key(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(d) => {
+                let Some(lease) = Lease::from_doc(&d) else { return Ok(None) };
+                if lease.live(now) {
+                    return Ok(None);
+                }
+                let filter = doc! { "_id": &id, "epoch": lease.epoch, "$or": [ { "expires_ms": { "$lt": now } }, { "owner": null } ] };
+                let r = self.coll.update_one(filter, doc! { "$set": set(lease.epoch + 1) }).await?;
+                Ok((r.modified_count == 1).then_some(lease.epoch + 1))
+            }
         }
     }
 

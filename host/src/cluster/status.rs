@@ -44,7 +44,8 @@ pub async fn gather(config: &Config) -> anyhow::Result<Value> {
             let lease = lease.as_ref().and_then(|d| Lease::from_doc(d));
             let ck = checkpoints.find_one(doc! { "_id": &key }).await.map_err(unreachable)?;
             let checkpoint = ck.map(|d| {
-                let saved = d.get_datetime("saved_at").ok().map(|t| now - t.timestamp_millis());
+                let saved_ms = d.get_i64("saved_ms").ok().or_else(|| d.get_datetime("saved_at").ok().map(|t| t.timestamp_millis()));
+                let saved = saved_ms.map(|t| now - t);
                 let seq = d.get_document("position").ok().and_then(|p| p.get_i64("seq").ok().or_else(|| p.get_i32("seq").ok().map(i64::from)));
                 let epoch = d.get_i64("epoch").ok().or_else(|| d.get_i32("epoch").ok().map(i64::from));
                 json!({ "saved_ago_ms": saved, "seq": seq, "epoch": epoch, "owner": d.get_str("owner").ok() })

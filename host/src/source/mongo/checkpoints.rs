@@ -126,7 +126,9 @@ impl PositionStore for Checkpoints {
                 Ok(())
             }
             Checkpoints::Fenced(coll, fence) => {
-                let set = doc! { "position": Bson::try_from(position)?, "saved_at": mongodb::bson::DateTime::now() };
+                // `saved_ms` beside `saved_at`: nx-27017 stores dates as text, and
+                // `cluster status` computes the checkpoint lag from it.
+                let set = doc! { "position": Bson::try_from(position)?, "saved_at": mongodb::bson::DateTime::now(), "saved_ms": crate::cluster::lease::now_ms() };
                 match fenced_write(coll, fence, set).await {
                     Ok(true) => Ok(()),
                     Ok(false) => anyhow::bail!("{}: refused, another host holds a newer lease of {key}", self.describe()),
