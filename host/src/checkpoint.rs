@@ -42,6 +42,8 @@ struct TrackerState {
     saved_next: u64,
     /// When the watermark last moved (or the tracker was made).
     moved_at: std::time::Instant,
+    /// The highest ticket handed out (`first_seq - 1` before the first).
+    issued: u64,
 }
 
 impl Tracker {
@@ -61,7 +63,7 @@ impl Tracker {
             source: source.to_string(),
             replayable,
             first_seq,
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, moved_at: std::time::Instant::now() }),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, moved_at: std::time::Instant::now(), issued: first_seq - 1 }),
             changed: Notify::new(),
             issued: std::sync::atomic::AtomicU64::new(0),
         })
@@ -70,6 +72,10 @@ impl Tracker {
     /// A ticket for event `seq`; `position` is where to resume after it.
     pub fn ticket(self: &Arc<Self>, seq: u64, position: Option<Position>) -> Ticket {
         self.issued.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut st = self.state.lock().expect("tracker lock");
+            st.issued = st.issued.max(seq);
+        }
         Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
 
@@ -142,6 +148,13 @@ impl Tracker {
         let st = self.state.lock().expect("tracker lock");
         let behind = self.issued.load(Ordering::Relaxed).saturating_sub(st.completed);
         (behind, (behind > 0).then(|| st.moved_at.elapsed()))
+    }
+
+    /// Every ticket handed out so far is done and its position saved: a safe
+    /// point to hand the source over to another host (see `cluster`).
+    pub fn settled(&self) -> bool {
+        let st = self.state.lock().expect("tracker lock");
+        st.next > st.issued && st.saved_next > st.issued
     }
 
     pub fn completed(&self) -> u64 {

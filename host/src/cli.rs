@@ -1,5 +1,6 @@
 //! The `oplet` command line: `run`, `backfill`, `plugin new|check|test`, `events
-//! record`, `dlq list|show|replay` (dead letters, see `dlq`), `config check`.
+//! record`, `dlq list|show|replay` (dead letters, see `dlq`), `config check`,
+//! `cluster status`.
 //!
 //! `plugin check` and `plugin test` are the offline loop for plugin authors: they
 //! load a module exactly as the host does (same validation and limits) and run it
@@ -60,6 +61,9 @@ enum Command {
     /// Real events for plugin tests.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Several hosts sharing streams through leases (`[cluster]`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -146,6 +150,18 @@ enum DlqCommand {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Hosts, the streams each owns, lease ages and checkpoint lag, read from MongoDB.
+    Status {
+        #[arg(long, short, env = "OPLET_CONFIG", default_value = "oplet.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PluginCommand {
     /// Create a plugin project (source, manifest, sample events, expected effects, README).
     New {
@@ -214,6 +230,7 @@ pub fn main() -> ExitCode {
         }
         Command::Dlq(cmd) => dlq(cmd),
         Command::ConfigCmd(ConfigCommand::Check { config, connect }) => crate::config_check::run(&config, connect),
+        Command::Cluster(ClusterCommand::Status { config, json }) => cluster_status(&config, json),
     };
     match result {
         Ok(code) => code,
@@ -370,6 +387,19 @@ fn parse_filter(text: &str) -> anyhow::Result<mongodb::bson::Document> {
         Ok(_) => anyhow::bail!("--filter must be a JSON object (a query such as '{{\"status\": \"active\"}}'), not {text}"),
         Err(e) => anyhow::bail!("--filter is not valid extended JSON: {e}"),
     }
+}
+
+/// `oplet cluster status`: read-only, from the lease and checkpoint collections.
+fn cluster_status(config_path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let status = rt.block_on(crate::cluster::status::gather(&config))?;
+    if as_json {
+        println!("{status}");
+    } else {
+        print!("{}", crate::cluster::status::render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_for_cli(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<(PluginCode, Manifest)> {

@@ -36,6 +36,9 @@ pub struct Config {
     pub postgres: Option<crate::effect::postgres::PostgresConfig>,
     /// The Socket.IO server: client events in, emit effects out.
     pub socket: Option<crate::source::socket::SocketConfig>,
+    /// Several hosts sharing the MongoDB sources' streams through leases.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
     /// The admin listener (metrics, health, status page); off when absent.
     pub admin: Option<crate::admin::AdminConfig>,
     #[serde(default)]
@@ -432,6 +435,7 @@ impl Config {
         if let Some(admin) = &self.admin {
             admin.addr()?;
         }
+        self.cluster.validate(&self.sources)?;
         Ok(())
     }
 
@@ -587,6 +591,8 @@ pub const NUMERIC_KEYS: &[(&str, i64, i64)] = &[
     ("delivery.quarantine_after", 0, 1_000_000),
     ("delivery.quarantine_ms", 1, 86_400_000),
     ("delivery.shutdown_timeout_ms", 1, 86_400_000),
+    ("cluster.lease_ms", 300, 86_400_000),
+    ("cluster.renew_ms", 50, 28_800_000),
     ("audit.batch_max", 1, 100_000),
     ("audit.batch_ms", 0, 60_000),
     ("redis.batch_max", 1, 100_000),

@@ -141,7 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
                 // The Mongo source keeps one tracker and checkpoint per change stream.
                 let tracker = Tracker::new(sc.name(), 1, None);
                 let base = SourceContext { tracker, resume, tx, shutdown: shutdown_rx.clone() };
-                let mctx = MongoContext { base, store: store.clone(), checkpoint_interval, dead: dead.clone(), saver_stop: saver_stop_rx.clone(), savers: extra_savers.clone() };
+                let mctx = MongoContext { base, store: store.clone(), checkpoint_interval, dead: dead.clone(), saver_stop: saver_stop_rx.clone(), savers: extra_savers.clone(), cluster: config.cluster.membership() };
                 sources.spawn(async move { (name, source::mongo::run(c, mctx).await) });
             }
         }

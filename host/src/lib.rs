@@ -9,6 +9,7 @@ pub mod append;
 pub mod authoring;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_check;
 pub mod deadletter;

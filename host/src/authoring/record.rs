@@ -89,6 +89,8 @@ pub fn record(opts: &Options) -> anyhow::Result<ExitCode> {
                     dead: dead.clone(),
                     saver_stop: saver_stop_rx,
                     savers: Arc::new(std::sync::Mutex::new(Vec::new())),
+                    // A recorder reads every target, whoever owns it: it moves no checkpoint.
+                    cluster: None,
                 };
                 tokio::spawn(async move { source::mongo::run(c, mctx).await })
             }

@@ -341,6 +341,8 @@ pub struct MongoContext {
     pub saver_stop: tokio::sync::watch::Receiver<bool>,
     /// Push each saver task here; the host awaits them after the final flush.
     pub savers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// `[cluster] mode = "leases"`: run only the targets whose lease this host holds.
+    pub cluster: Option<Arc<crate::cluster::Membership>>,
 }
 
 /// One change stream: a collection, a database, or the whole deployment.
@@ -353,7 +355,7 @@ pub(crate) enum Target {
 
 impl Target {
     /// Its checkpoint's name: `SOURCE.db.coll`, `SOURCE.db`, or `SOURCE` for the deployment.
-    fn key(&self, source: &str) -> String {
+    pub(crate) fn key(&self, source: &str) -> String {
         match self {
             Target::Collection { db, coll } => format!("{source}.{db}.{coll}"),
             Target::Database(db) => format!("{source}.{db}"),
@@ -457,6 +459,10 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
         }
     };
     let shared = Arc::new(Shared { stages: cfg.stages(), cfg, client, tx: ctx.base.tx, dead: ctx.dead });
+    if let Some(membership) = ctx.cluster {
+        let leased = run_leased(shared, targets, store, membership, ctx.checkpoint_interval, ctx.saver_stop, ctx.savers);
+        return leased.run(ctx.base.shutdown).await.with_context(|| format!("source {name:?}"));
+    }
 
     // A target that fails stops the others: a source that silently watches only
     // part of what it was asked to is worse than one that stops and says why.
@@ -524,6 +530,62 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
     match failure {
         Some(e) => Err(e.context(format!("source {name:?}"))),
         None => Ok(()),
+    }
+}
+
+/// `[cluster] mode = "leases"`: a coordinator that runs only the targets whose lease
+/// this host holds, each with its checkpoint writes fenced by the lease's epoch.
+fn run_leased(
+    shared: Arc<Shared>,
+    targets: Vec<Target>,
+    store: Checkpoints,
+    membership: Arc<crate::cluster::Membership>,
+    interval: Duration,
+    host_saver_stop: watch::Receiver<bool>,
+    savers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+) -> crate::cluster::coordinator::Coordinator<LeasedTargets> {
+    let coll = match store {
+        Checkpoints::Mongo(coll) | Checkpoints::Fenced(coll, _) => coll,
+        // Config validation refuses this combination.
+        Checkpoints::Local(_) => unreachable!("[cluster] mode = \"leases\" with a local checkpoint store"),
+    };
+    let (db, name) = split_namespace(&membership.cfg.collection).unwrap_or(("oplet", "leases"));
+    let leases = crate::cluster::lease::Leases::new(coll.client().database(db).collection(name), &membership.name, membership.cfg.lease_ms);
+    let keys = targets.iter().map(|t| t.key(&shared.cfg.name)).collect();
+    let source = shared.cfg.name.clone();
+    let runner = Arc::new(LeasedTargets { shared, targets, coll, interval });
+    crate::cluster::coordinator::Coordinator { source, keys, leases, membership, runner, host_saver_stop, savers }
+}
+
+/// The targets of one source, each started when its lease is taken.
+struct LeasedTargets {
+    shared: Arc<Shared>,
+    targets: Vec<Target>,
+    coll: mongodb::Collection<Document>,
+    interval: Duration,
+}
+
+impl crate::cluster::coordinator::Runner for LeasedTargets {
+    fn run(&self, index: usize, fence: Arc<crate::cluster::Fence>, stop: watch::Receiver<bool>) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> {
+        let (shared, target, coll, interval) = (self.shared.clone(), self.targets[index].clone(), self.coll.clone(), self.interval);
+        Box::pin(async move {
+            match checkpoints::claim(&coll, &fence).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // a newer lease exists: the fence tripped
+                Err(e) => {
+                    tracing::warn!(stream = %fence.key, "{e:#}; not starting the stream (the lease expires unless renewed)");
+                    return Ok(());
+                }
+            }
+            let label = target.label();
+            let store = Checkpoints::Fenced(coll, fence.clone());
+            watch_target(&shared, target, store, stop, |tracker, store| {
+                let saver = tokio::spawn(crate::checkpoint::run_saver(tracker.clone(), store, interval, fence.saver_stop()));
+                fence.started(tracker, saver);
+            })
+            .await
+            .with_context(|| label)
+        })
     }
 }
 

@@ -6,10 +6,14 @@
 //! field value and `_id` seen); `seq` is the last event's (see `feed`).
 //! They are kept in the host's local checkpoint files, or in a MongoDB collection
 //! (`{_id: key, position, saved_at}`) so another host can take over from them.
+//! Under `[cluster] mode = "leases"` each write also carries the lease's `epoch`
+//! and `owner`, and is refused when the document holds a newer epoch (fencing).
 
 use super::retry::{self, Backoff, Failure};
 use super::ReconnectConfig;
 use crate::checkpoint::{CheckpointStore, Position, PositionStore};
+use crate::cluster::Fence;
+use std::sync::Arc;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::ResumeToken;
 use serde_json::json;
@@ -48,6 +52,8 @@ pub fn position_poll(position: &Position) -> Option<(Bson, Bson)> {
 pub enum Checkpoints {
     Local(CheckpointStore),
     Mongo(mongodb::Collection<Document>),
+    /// The MongoDB collection, written only under the lease `Fence` holds.
+    Fenced(mongodb::Collection<Document>, Arc<Fence>),
 }
 
 impl Checkpoints {
@@ -58,7 +64,7 @@ impl Checkpoints {
     async fn load(&self, key: &str) -> Result<Option<Position>, LoadError> {
         match self {
             Checkpoints::Local(store) => store.load(key).map_err(LoadError::Local),
-            Checkpoints::Mongo(coll) => {
+            Checkpoints::Mongo(coll) | Checkpoints::Fenced(coll, _) => {
                 let found = coll.find_one(doc! { "_id": key }).await.map_err(LoadError::Mongo)?;
                 Ok(found.and_then(|mut d| d.remove("position")).map(|p| p.into_canonical_extjson()))
             }
@@ -69,8 +75,36 @@ impl Checkpoints {
         match self {
             Checkpoints::Local(_) => "the local checkpoint store".into(),
             Checkpoints::Mongo(coll) => format!("checkpoint collection {}", coll.namespace()),
+            Checkpoints::Fenced(coll, f) => format!("checkpoint collection {} (lease epoch {})", coll.namespace(), f.epoch),
         }
     }
+}
+
+/// Writes `set` into the checkpoint document of `fence.key` unless it holds an
+/// epoch newer than `fence.epoch`; `Ok(false)` when refused (and the fence trips).
+async fn fenced_write(coll: &mongodb::Collection<Document>, fence: &Fence, mut set: Document) -> mongodb::error::Result<bool> {
+    set.insert("epoch", fence.epoch);
+    set.insert("owner", fence.owner.as_str());
+    let filter = doc! { "_id": &fence.key, "$or": [ { "epoch": { "$lte": fence.epoch } }, { "epoch": { "$exists": false } } ] };
+    let written = match coll.update_one(filter, doc! { "$set": set }).upsert(true).await {
+        Ok(r) => r.matched_count == 1 || r.upserted_id.is_some(),
+        // The document is there with a newer epoch: the upsert collides with it.
+        Err(e) if crate::cluster::lease::duplicate_key(&e) => false,
+        Err(e) => return Err(e),
+    };
+    if !written {
+        fence.refuse(&format!("epoch {} is older than the checkpoint's", fence.epoch));
+    }
+    Ok(written)
+}
+
+/// Stamps the checkpoint document with a newly taken lease's epoch before the
+/// new owner reads it, so that from now on no older owner can move it.
+/// `Ok(false)`: a newer epoch is already there (this lease is stale).
+pub async fn claim(coll: &mongodb::Collection<Document>, fence: &Fence) -> anyhow::Result<bool> {
+    fenced_write(coll, fence, doc! { "claimed_at": mongodb::bson::DateTime::now() })
+        .await
+        .map_err(|e| anyhow::anyhow!("checkpoint collection {}: cannot claim {} for epoch {}: {}", coll.namespace(), fence.key, fence.epoch, retry::describe(&e)))
 }
 
 enum LoadError {
@@ -90,6 +124,16 @@ impl PositionStore for Checkpoints {
                     .await
                     .map_err(|e| anyhow::anyhow!("{}: {}", self.describe(), retry::describe(&e)))?;
                 Ok(())
+            }
+            Checkpoints::Fenced(coll, fence) => {
+                // `saved_ms` beside `saved_at`: nx-27017 stores dates as text, and
+                // `cluster status` computes the checkpoint lag from it.
+                let set = doc! { "position": Bson::try_from(position)?, "saved_at": mongodb::bson::DateTime::now(), "saved_ms": crate::cluster::lease::now_ms() };
+                match fenced_write(coll, fence, set).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => anyhow::bail!("{}: refused, another host holds a newer lease of {key}", self.describe()),
+                    Err(e) => anyhow::bail!("{}: {}", self.describe(), retry::describe(&e)),
+                }
             }
         }
     }

@@ -1,0 +1,355 @@
+//! Several `oplet` hosts sharing one MongoDB source's streams through leases
+//! (`[cluster] mode = "leases"`), against a real server (nx-27017): each stream has
+//! one owner and the streams spread evenly; a host killed with SIGKILL is taken over
+//! and nothing is lost; a host paused past its lease has its late checkpoint writes
+//! refused and gives its streams up; a host that joins receives a share.
+
+use mongodb::bson::{doc, Document};
+use oplet_tests::{free_port, install_plugin, oplet_bin, Mongo, Oplet, TempDir};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(90);
+const LEASE_MS: u64 = 2000;
+const RENEW_MS: u64 = 500;
+const COLLECTIONS: usize = 6;
+
+fn fresh_db() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("oplet_c{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), free_port())
+}
+
+/// One host's folder: `oplet.toml` (its own name and state), `plugins/echo`.
+struct Host {
+    name: String,
+    dir: TempDir,
+}
+
+impl Host {
+    fn new(name: &str, uri: &str, db: &str, checkpoint_interval_ms: u64) -> Host {
+        let dir = oplet_tests::temp_dir();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let namespaces: Vec<String> = (0..COLLECTIONS).map(|k| format!("\"{db}.c{k}\"")).collect();
+        let config = format!(
+            r#"state_dir = "state"
+[plugins]
+dir = "plugins"
+[grants."*"]
+all_requested = true
+[delivery]
+checkpoint_interval_ms = {checkpoint_interval_ms}
+[cluster]
+mode = "leases"
+name = "{name}"
+collection = "{db}.leases"
+lease_ms = {LEASE_MS}
+renew_ms = {RENEW_MS}
+[[source]]
+type = "mongo"
+name = "mongo"
+uri = "{uri}"
+collections = [{}]
+server_selection_timeout_ms = 1500
+[source.checkpoint]
+store = "mongo"
+collection = "{db}.checkpoints"
+[source.reconnect]
+initial_ms = 100
+max_ms = 1000
+"#,
+            namespaces.join(", ")
+        );
+        std::fs::write(dir.path().join("oplet.toml"), config).unwrap();
+        install_plugin(&plugins, "echo", "name = \"echo\"\n[[subscribe]]\nsources = [\"mongo\"]\n[capabilities]\naudit = true\n");
+        Host { name: name.into(), dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("oplet.toml")
+    }
+
+    fn start(&self) -> Oplet {
+        tokio::task::block_in_place(|| Oplet::start(&self.config()))
+    }
+
+    /// Every audit record this host wrote.
+    fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("state").join("audit.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+/// `oplet cluster status --json` with `config`: the command an operator runs.
+fn status(config: &Path) -> Value {
+    let out = std::process::Command::new(oplet_bin())
+        .args(["cluster", "status", "--json", "--config"])
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run oplet cluster status");
+    assert!(out.status.success(), "cluster status failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("cluster status printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Streams owned, by live host name (hosts without streams included).
+fn ownership(status: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for h in status["hosts"].as_array().unwrap() {
+        if h["live"] == true {
+            out.insert(h["name"].as_str().unwrap().to_string(), BTreeSet::new());
+        }
+    }
+    for s in status["streams"].as_array().unwrap() {
+        if let Some(owner) = s["owner"].as_str() {
+            out.entry(owner.to_string()).or_default().insert(s["stream"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Polls `cluster status` until `ready` holds; returns that status.
+async fn wait_status(config: &Path, what: &str, mut ready: impl FnMut(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = tokio::task::block_in_place(|| status(config));
+        if ready(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}; last status:\n{s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every stream owned by exactly one live host, and the counts are `spread` (sorted).
+fn spread_is(s: &Value, spread: &[usize]) -> bool {
+    let owned = ownership(s);
+    let total: usize = owned.values().map(BTreeSet::len).sum();
+    let mut counts: Vec<usize> = owned.values().map(BTreeSet::len).collect();
+    counts.sort();
+    let streams_owned = s["streams"].as_array().unwrap().iter().filter(|x| x["owner"].is_string()).count();
+    total == COLLECTIONS && streams_owned == COLLECTIONS && counts == spread
+}
+
+/// Inserts one document at a time, round-robin over the collections, until stopped;
+/// remembers every `_id` the server acknowledged.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    written: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(client: mongodb::Client, db: &str, pause: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let (s, w, db) = (stop.clone(), written.clone(), db.to_string());
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                let k = i as usize % COLLECTIONS;
+                let id = format!("c{k}-{i:06}");
+                client.database(&db).collection::<Document>(&format!("c{k}")).insert_one(doc! { "_id": &id, "i": i as i64 }).await.expect("insert");
+                w.lock().unwrap().push(id);
+                i += 1;
+                tokio::time::sleep(pause).await;
+            }
+        });
+        Writer { stop, written, task }
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("writer task");
+        let w = self.written.lock().unwrap().clone();
+        w
+    }
+}
+
+/// The union of the hosts' audit files: records by key, and document ids seen.
+fn union(hosts: &[&Host]) -> (usize, BTreeMap<String, usize>, BTreeSet<String>) {
+    let mut total = 0;
+    let mut keys = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for h in hosts {
+        for r in h.audit() {
+            total += 1;
+            *keys.entry(r["key"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
+            if let Some(id) = r["record"]["doc"]["_id"].as_str() {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    (total, keys, ids)
+}
+
+/// Waits until every written document is in some host's audit file.
+async fn wait_all_audited(hosts: &[&Host], written: &[String]) -> (usize, usize) {
+    let start = Instant::now();
+    loop {
+        let (total, keys, ids) = union(hosts);
+        let missing: Vec<&String> = written.iter().filter(|id| !ids.contains(*id)).collect();
+        if missing.is_empty() {
+            return (total, total - keys.len());
+        }
+        assert!(start.elapsed() < WAIT, "{} of {} documents never reached any audit file, e.g. {:?}", missing.len(), written.len(), &missing[..missing.len().min(5)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The lease document of `stream`.
+async fn lease(client: &mongodb::Client, db: &str, stream: &str) -> Document {
+    client.database(db).collection::<Document>("leases").find_one(doc! { "_id": format!("lease:{stream}") }).await.unwrap().unwrap()
+}
+
+async fn checkpoint(client: &mongodb::Client, db: &str, stream: &str) -> Document {
+    client.database(db).collection::<Document>("checkpoints").find_one(doc! { "_id": stream }).await.unwrap().unwrap()
+}
+
+fn int(d: &Document, k: &str) -> i64 {
+    d.get_i64(k).or_else(|_| d.get_i32(k).map(i64::from)).unwrap_or_else(|_| panic!("{k} in {d}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_and_a_fourth_gets_a_share() {
+    let mongo = tokio::task::block_in_place(Mongo::start);
+    let (db, uri) = (fresh_db(), mongo.uri());
+    let client = mongo.client().await;
+    let hosts: Vec<Host> = (1..=3).map(|n| Host::new(&format!("h{n}"), &uri, &db, 100)).collect();
+    let mut running: Vec<Oplet> = hosts.iter().map(Host::start).collect();
+    let config = hosts[0].config();
+    let s = wait_status(&config, "six streams spread 2/2/2 over three hosts", |s| spread_is(s, &[2, 2, 2])).await;
+    let before = ownership(&s);
+    eprintln!("[cluster] spread: {before:?}");
+
+    let writer = Writer::start(client.clone(), &db, Duration::from_millis(15));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // kill -9 the host that owns c0's stream.
+    let victim_stream = format!("mongo.{db}.c0");
+    let victim = before.iter().find(|(_, st)| st.contains(&victim_stream)).map(|(n, _)| n.clone()).unwrap();
+    let victim_streams = before[&victim].clone();
+    let vi = hosts.iter().position(|h| h.name == victim).unwrap();
+    let killed_at = Instant::now();
+    running[vi].kill();
+    // Its last renewals, read before anyone can take over (that takes ~lease_ms).
+    let mut old = BTreeMap::new();
+    for st in &victim_streams {
+        let d = lease(&client, &db, st).await;
+        assert_eq!(d.get_str("owner").unwrap(), victim, "{d}");
+        old.insert(st.clone(), d);
+    }
+    let s = wait_status(&hosts[(vi + 1) % 3].config(), "the killed host's streams taken over by the two others", |s| {
+        let owned = ownership(s);
+        spread_is(s, &[3, 3]) && !owned.contains_key(&victim)
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    let after = ownership(&s);
+    let mut gaps = Vec::new();
+    for st in &victim_streams {
+        let new = lease(&client, &db, st).await;
+        let was = &old[st];
+        assert_ne!(new.get_str("owner").unwrap(), victim, "{st}");
+        assert!(int(&new, "epoch") > int(was, "epoch"), "a takeover bumps the epoch: {was} -> {new}");
+        // Never two owners at once: taken only once the dead owner's lease expired.
+        assert!(int(&new, "acquired_ms") > int(was, "expires_ms"), "{was} -> {new}");
+        gaps.push(int(&new, "acquired_ms") - int(was, "renewed_ms"));
+        let ck = checkpoint(&client, &db, st).await;
+        assert_eq!(int(&ck, "epoch"), int(&new, "epoch"), "the new owner fenced the checkpoint: {ck}");
+    }
+    eprintln!("[cluster] figures: kill -9 of {victim} -> all its streams owned by others after {takeover:?} (lease {LEASE_MS} ms, renew {RENEW_MS} ms); last renewal -> takeover per stream: {gaps:?} ms; owners now {after:?}");
+
+    // A fourth host joins: the others hand over at a safe point until it has a share.
+    let fourth = Host::new("h4", &uri, &db, 100);
+    running.push(fourth.start());
+    // Three live hosts again (the killed one is gone): 2/2/2, h4 among them.
+    let s = wait_status(&config, "the fourth host receiving a share (2/2/2)", |s| spread_is(s, &[2, 2, 2]) && ownership(s).get("h4").is_some_and(|o| o.len() == 2)).await;
+    eprintln!("[cluster] after h4 joined: {:?}", ownership(&s));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let written = writer.finish().await;
+    let all: Vec<&Host> = hosts.iter().chain(std::iter::once(&fourth)).collect();
+    let (records, duplicates) = wait_all_audited(&all, &written).await;
+    eprintln!("[cluster] figures: {} documents written, {records} audit records over 4 files, {duplicates} duplicate(s) (same key in two files: replays after the kill and the hand-overs)", written.len());
+    // Every live host still runs: no lease trouble stopped one.
+    for (i, o) in running.iter().enumerate() {
+        if i != vi {
+            assert!(o.is_running(), "host {} stopped:\n{}", i + 1, o.logs());
+        }
+    }
+    for (i, mut o) in running.into_iter().enumerate() {
+        if i != vi {
+            let st = o.terminate().unwrap();
+            assert!(st.success(), "host {} exit: {st}\n{}", i + 1, o.logs());
+        }
+    }
+    // Clean stops give the leases back at once.
+    let s = tokio::task::block_in_place(|| status(&config));
+    assert!(s["streams"].as_array().unwrap().iter().all(|x| x["owner"].is_null()), "{s:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_and_gives_its_streams_up() {
+    let mongo = tokio::task::block_in_place(Mongo::start);
+    let (db, uri) = (fresh_db(), mongo.uri());
+    let client = mongo.client().await;
+    // h1 saves its checkpoints only every 3 s, so that when it is paused it still
+    // has progress to save: that late write is what fencing must refuse.
+    let hosts = [Host::new("h1", &uri, &db, 3000), Host::new("h2", &uri, &db, 100), Host::new("h3", &uri, &db, 100)];
+    let running: Vec<Oplet> = hosts.iter().map(Host::start).collect();
+    let config = hosts[1].config();
+    let s = wait_status(&config, "2/2/2", |s| spread_is(s, &[2, 2, 2])).await;
+    let paused_streams = ownership(&s)["h1"].clone();
+    let writer = Writer::start(client.clone(), &db, Duration::from_millis(15));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut epochs = BTreeMap::new();
+    for st in &paused_streams {
+        epochs.insert(st.clone(), int(&lease(&client, &db, st).await, "epoch"));
+    }
+
+    let pid = running[0].pid() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let s = wait_status(&config, "h1's streams taken over while it is paused", |s| {
+        let owned = ownership(s);
+        spread_is(s, &[3, 3]) && !owned.contains_key("h1")
+    })
+    .await;
+    eprintln!("[cluster] while h1 is paused: {:?}", ownership(&s));
+    // The new owners stamped the checkpoints with their epochs before reading them.
+    for st in &paused_streams {
+        let start = Instant::now();
+        while int(&checkpoint(&client, &db, st).await, "epoch") <= epochs[st] {
+            assert!(start.elapsed() < WAIT, "{st}'s checkpoint never got the new epoch");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mark = running[0].log_mark();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    running[0].wait_for_log_since(mark, "checkpoint write refused", WAIT).await.unwrap();
+    // Refused, so the checkpoints still carry the new owners' epochs and positions.
+    for st in &paused_streams {
+        let ck = checkpoint(&client, &db, st).await;
+        assert!(int(&ck, "epoch") > epochs[st], "a late write of h1 moved {st}: {ck}");
+        assert_ne!(ck.get_str("owner").unwrap(), "h1", "{ck}");
+    }
+    // h1 gave its old streams up, then receives a share again, under new epochs.
+    let s = wait_status(&config, "2/2/2 again with h1 back", |s| spread_is(s, &[2, 2, 2])).await;
+    for st in &ownership(&s)["h1"] {
+        if let Some(e) = epochs.get(st) {
+            assert!(int(&lease(&client, &db, st).await, "epoch") > *e + 1, "{st}: retaken under a new epoch");
+        }
+    }
+    assert!(running.iter().all(Oplet::is_running), "every host still runs");
+    let written = writer.finish().await;
+    let all: Vec<&Host> = hosts.iter().collect();
+    let (records, duplicates) = wait_all_audited(&all, &written).await;
+    eprintln!("[cluster] figures: SIGSTOP past the lease: {} documents, {records} audit records, {duplicates} duplicate(s)", written.len());
+    for mut o in running {
+        assert!(o.terminate().unwrap().success(), "{}", o.logs());
+    }
+}
