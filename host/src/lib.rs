@@ -5,6 +5,7 @@
 //! `effect` → `checkpoint`. `config` and `manifest` describe the host and plugins.
 
 pub mod append;
+pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -7,7 +7,7 @@
 //! They are kept in the host's local checkpoint files, or in a MongoDB collection
 //! (`{_id: key, position, saved_at}`) so another host can take over from them.
 
-use super::retry::{self, Backoff, Failure};
+use super::retry::{self, Failure};
 use super::ReconnectConfig;
 use crate::checkpoint::{CheckpointStore, Position, PositionStore};
 use mongodb::bson::{doc, Bson, Document};
@@ -104,7 +104,7 @@ pub async fn load_with_retry(
     reconnect: &ReconnectConfig,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Option<Position>>> {
-    let mut backoff = Backoff::new(reconnect);
+    let mut backoff = reconnect.backoff();
     loop {
         let failure = tokio::select! {
             r = store.load(key) => r,
