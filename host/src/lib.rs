@@ -16,6 +16,7 @@ pub mod exit;
 pub mod health;
 pub mod host;
 pub mod manifest;
+pub mod plugins;
 pub mod router;
 pub mod runtime;
 pub mod source;
