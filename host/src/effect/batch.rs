@@ -384,4 +384,71 @@ mod tests {
         drop(rx);
         assert_eq!(tx.send(1), Err(1), "a receiver that is gone gives the item back");
     }
+
+    /// A store that answers from a script: per attempt, one outcome per item.
+    struct Scripted {
+        script: std::collections::VecDeque<Vec<Outcome>>,
+        attempts: Arc<Mutex<Vec<Vec<u32>>>>,
+    }
+
+    impl BatchSink for Scripted {
+        type Op = u32;
+        const STORE: &'static str = "Scripted";
+        const STAGE: &'static str = "sink:scripted";
+        const ITEMS: &'static str = "op(s)";
+
+        async fn warm_up(&mut self) -> Result<(), String> {
+            Err("not there yet".into())
+        }
+
+        async fn attempt(&mut self, batch: &[Queued<u32>]) -> Vec<Outcome> {
+            self.attempts.lock().unwrap().push(batch.iter().map(|q| q.op).collect());
+            self.script.pop_front().unwrap_or_else(|| vec![Outcome::Done; batch.len()])
+        }
+
+        fn describe(op: &u32) -> String {
+            format!("op {op}")
+        }
+    }
+
+    /// Through the real queue, thread, dead-letter file and tracker: a refused
+    /// item is dead-lettered at once, a failing one is retried alone and then
+    /// given up, and every ticket is released only after that.
+    #[test]
+    fn a_batch_is_retried_item_by_item_and_what_fails_for_good_is_dead_lettered() {
+        use crate::checkpoint::Tracker;
+        let dir = std::env::temp_dir().join(format!("oplet-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dead = Arc::new(DeadLetters::open(&dir.join("dl.jsonl")).unwrap());
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let script = [
+            vec![Outcome::Done, Outcome::Refused("no".into()), Outcome::Retry("busy".into())],
+            vec![Outcome::Retry("still busy".into())],
+            vec![Outcome::Retry("still busy".into())],
+        ];
+        let sink = Scripted { script: script.into_iter().collect(), attempts: attempts.clone() };
+        let batching = Batching { batch_max: 3, batch_ms: 1000, queue: 8, retries: 2, backoff_ms: 1, backoff_max_ms: 2 };
+        let handle = SinkHandle::start("test-sink", sink, batching, dead.clone()).unwrap();
+        let tracker = Tracker::new("s", 1, None);
+        for seq in 1..=3u64 {
+            let body = oplet_sdk::EventBody::Socket(oplet_sdk::SocketEvent { client: String::new(), event: "e".into(), payload: oplet_sdk::Value::Null });
+            let event = Arc::new(Event { seq, id: format!("s:{seq}"), source: "s".into(), time_ms: 0, body });
+            handle.send("p", &event, seq as u32, tracker.ticket(seq, Some(serde_json::json!(seq))));
+        }
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(handle.shutdown());
+        assert_eq!(*attempts.lock().unwrap(), vec![vec![1, 2, 3], vec![3], vec![3]], "only the failing item is tried again");
+        let text = std::fs::read_to_string(dir.join("dl.jsonl")).unwrap();
+        let letters: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let got: Vec<(u64, &str, &str)> =
+            letters.iter().map(|l| (l["seq"].as_u64().unwrap(), l["stage"].as_str().unwrap(), l["error"].as_str().unwrap())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "sink:scripted (p)", "op 2: Scripted refused: no"),
+                (3, "sink:scripted (p)", "op 3: Scripted still failing after 2 retries: still busy"),
+            ]
+        );
+        assert_eq!(tracker.position().0, Some(serde_json::json!(3)), "every ticket released: applied or dead-lettered");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
