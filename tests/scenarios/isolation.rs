@@ -61,16 +61,12 @@ impl HostDir {
 
     /// The saved checkpoint of a JSON-lines source: the last line done.
     fn checkpoint(&self, source: &str) -> Option<u64> {
-        let text = std::fs::read_to_string(self.path().join(format!("state/checkpoints/{source}.json"))).ok()?;
-        let v = serde_json::from_str::<Value>(&text).ok()?;
-        // `{"line": N, ...}` (a bare number from older hosts is read too).
-        v.get("line").and_then(Value::as_u64).or_else(|| v.as_u64())
+        oplet_tests::jsonl_checkpoint(&self.path().join("state"), source)
     }
 
     /// The host's view of one plugin (`state_dir/plugins.json`).
     fn status(&self, plugin: &str) -> Value {
-        let text = std::fs::read_to_string(self.path().join("state/plugins.json")).unwrap_or_default();
-        serde_json::from_str::<Value>(&text).map(|v| v["plugins"][plugin].clone()).unwrap_or(Value::Null)
+        oplet_tests::plugin_status(&self.path().join("state"), plugin)
     }
 
     /// Deploys built module `module` as plugin `name` (manifest, then module, each
@@ -92,13 +88,8 @@ fn append_to(dir: &Path, source: &str, count: usize) {
     std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
 }
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        // A line being written may be cut at the end: read whole lines only.
-        Ok(t) => t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
+// A line being written may be cut at the end: read whole lines only.
+use oplet_tests::read_complete_json_lines as read_lines;
 
 fn manifest(name: &str, sources: &[&str], limits: &str) -> String {
     let sources = if sources.is_empty() { String::new() } else { format!("sources = {sources:?}\n") };

@@ -12,6 +12,7 @@ mod postgres;
 mod process;
 mod redis_server;
 mod require;
+mod state;
 
 pub use mongo::{Mongo, MONGODB_URI_ENV};
 pub use oplet::{oplet_bin, Oplet};
@@ -22,6 +23,7 @@ pub use port::free_port;
 pub use postgres::Postgres;
 pub use redis_server::Redis;
 pub use require::{require, Service};
+pub use state::{jsonl_checkpoint, plugin_status, read_complete_json_lines, read_json_lines};
 
 use std::path::{Path, PathBuf};
 
