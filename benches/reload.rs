@@ -7,7 +7,7 @@ use oplet::config::Config;
 use oplet::deadletter::DeadLetters;
 use oplet::effect::{Effects, Executors};
 use oplet::router::{Registry, WorkerContext};
-use oplet::runtime::reload::PluginDir;
+use oplet::plugins::reload::PluginDir;
 use oplet::runtime::Runtime;
 use std::path::Path;
 use std::sync::Arc;

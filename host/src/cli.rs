@@ -10,7 +10,7 @@
 
 use crate::config::{Ceilings, Config};
 use crate::manifest::Manifest;
-use crate::runtime::reload::PluginFiles;
+use crate::plugins::reload::PluginFiles;
 use crate::runtime::{Limits, PluginCode, Runtime};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};

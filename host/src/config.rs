@@ -216,29 +216,26 @@ pub struct Grant {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Events as JSON lines from a file (or `-` for stdin): tests, demos, authors.
-    Jsonl(JsonlSourceConfig),
+    Jsonl(crate::source::jsonl::JsonlSourceConfig),
     /// A MongoDB change stream (with polling fallback).
     Mongo(crate::source::mongo::MongoSourceConfig),
 }
 
 impl SourceConfig {
+    /// The source this config describes, ready to start.
+    pub fn build(self) -> Box<dyn crate::source::Source> {
+        match self {
+            SourceConfig::Jsonl(c) => Box::new(c),
+            SourceConfig::Mongo(c) => Box::new(c),
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Jsonl(c) => &c.name,
             SourceConfig::Mongo(c) => &c.name,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlSourceConfig {
-    pub name: String,
-    /// A file of one JSON event per line, or `-` for standard input.
-    pub path: PathBuf,
-    /// Keep reading as lines are appended (like `tail -f`).
-    #[serde(default)]
-    pub follow: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -62,7 +62,7 @@ pub fn run(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
 pub fn offline(config: &Config, file: &str) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    if let Err(e) = crate::runtime::reload::check_plugin_dir(&config.plugins.dir) {
+    if let Err(e) = crate::plugins::reload::check_plugin_dir(&config.plugins.dir) {
         problems.push(format!("{file}: key plugins.dir: {e:#}"));
     }
     if let Some(p) = writable_problem(&config.state_dir) {
@@ -95,7 +95,7 @@ pub fn offline(config: &Config, file: &str) -> (Vec<String>, Vec<String>) {
             let name = wasm.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
             names.push(name.clone());
             let manifest = wasm.with_extension("toml");
-            let loaded = crate::runtime::reload::PluginFiles::read(wasm, &manifest).and_then(|f| f.load(&runtime, config));
+            let loaded = crate::plugins::reload::PluginFiles::read(wasm, &manifest).and_then(|f| f.load(&runtime, config));
             match loaded {
                 Ok((_, m)) => {
                     let granted = config.effective_capabilities(&name, &m.capabilities);

@@ -1,13 +1,14 @@
 //! The dead-letter store: events a plugin, sink or source could not handle, with the error.
 //!
 //! One JSON object per line in `state_dir/dead-letters.jsonl`, written and fsynced
-//! before the event counts as done. `record` says whether that worked; callers
-//! holding a ticket use `record_held`, which keeps retrying (the host degraded,
-//! backpressure up to the sources) and, if the host stops first, holds the ticket
-//! so the checkpoint never passes an event that is neither applied nor recorded.
-//! Re-drive by feeding the `event` fields back through a JSON-lines source. The
-//! event arrives as its encoded bytes; it is decoded to JSON only here, on this
-//! rare path.
+//! before the event counts as done. One operation, `record` (any number of events
+//! for one cause, retried while the file cannot be written: the host degraded,
+//! backpressure up to the sources); `record_held` also holds the caller's ticket
+//! if the host stops first, so the checkpoint never passes an event that is
+//! neither applied nor recorded; `record_async` is either, from async code.
+//! Re-drive by feeding the `event` fields back through a JSON-lines source.
+//! The event arrives as its encoded bytes; it is decoded to JSON only here, on
+//! this rare path.
 
 use crate::append::AppendFile;
 use crate::checkpoint::Ticket;
@@ -49,72 +50,69 @@ impl DeadLetters {
         Ok(DeadLetters { path: path.to_path_buf(), file: Mutex::new(file), count: AtomicU64::new(0), health })
     }
 
-    /// Records, durably, that `stage` (a plugin name, `sink:redis`...) failed on
-    /// `event`. One attempt: a failure leaves the file as it was.
-    pub fn record(&self, stage: &str, event: &Event, error: &str) -> Result<(), RecordError> {
-        self.write(line(stage, event, error), 1)
-    }
-
-    /// Records that `stage` failed on each of `events` for one `error`, with one
-    /// write and one fsync (a removed or quarantined plugin's backlog). All or
-    /// nothing: a failure leaves the file as it was.
-    pub fn record_all(&self, stage: &str, events: &[&Event], error: &str) -> Result<(), RecordError> {
+    /// Records durably that `stage` (a plugin name, `sink:redis (PLUGIN)`...)
+    /// failed on each of `events` with `error`: one write and one fsync for all,
+    /// all or nothing. While the file cannot be written the write is retried,
+    /// blocking the caller (backpressure) with the host reported degraded; the
+    /// error comes back only once the host is stopping, and the caller must then
+    /// not pass the events. Call from a blocking thread.
+    pub fn record(&self, stage: &str, events: &[&Event], error: &str) -> Result<(), RecordError> {
         let text: String = events.iter().map(|e| line(stage, e, error)).collect();
-        self.write(text, events.len() as u64)
+        self.health.retry_durably(COMPONENT, || self.write(&text, events.len() as u64))
     }
 
-    /// `record_all`, retrying until written like `record_retrying`. Call from a
-    /// blocking thread.
-    pub fn record_all_retrying(&self, stage: &str, events: &[&Event], error: &str) -> Result<(), RecordError> {
-        self.health.retry_durably(COMPONENT, || self.record_all(stage, events, error))
-    }
-
-    fn write(&self, text: String, n: u64) -> Result<(), RecordError> {
-        let mut f = self.file.lock().expect("dead-letter lock");
-        f.append(text.as_bytes()).map_err(|source| RecordError { path: self.path.display().to_string(), source })?;
-        self.count.fetch_add(n, Ordering::Relaxed);
-        Ok(())
-    }
-
-
-    /// Records like `record`, retrying until it is written (blocking the caller,
-    /// with the host reported degraded meanwhile); the error only once the host
-    /// is stopping. Call from a blocking thread.
-    pub fn record_retrying(&self, stage: &str, event: &Event, error: &str) -> Result<(), RecordError> {
-        self.health.retry_durably(COMPONENT, || self.record(stage, event, error))
-    }
-
-    /// `record_retrying` from async code; false when the record could not be
-    /// written: the caller must not pass the event (its position stays unsaved).
-    pub async fn record_retrying_async(self: &Arc<Self>, stage: String, event: Event, error: String) -> bool {
-        let dead = self.clone();
-        match tokio::task::spawn_blocking(move || dead.record_retrying(&stage, &event, &error).map_err(|e| (e, event))).await {
-            Ok(Ok(())) => true,
-            Ok(Err((e, event))) => {
-                tracing::error!(seq = event.seq, event_id = %event.id, "{e}; stopping without passing the event (replayed on the next start)");
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Records like `record_retrying`. If the host stops first, the event is
-    /// held: `ticket` never completes, so its checkpoint is not passed and the
-    /// event is replayed on the next start. Call from a blocking thread.
+    /// `record` for one event whose ticket the caller holds: if the host stops
+    /// before the letter is written, the ticket is held, so the checkpoint never
+    /// passes an event that is neither applied nor recorded (it is replayed on
+    /// the next start). Call from a blocking thread.
     pub fn record_held(&self, stage: &str, event: &Event, error: &str, ticket: &Ticket) {
-        if let Err(e) = self.record_retrying(stage, event, error) {
+        if let Err(e) = self.record(stage, &[event], error) {
             tracing::error!(stage, seq = event.seq, event_id = %event.id, "{e}; stopping with the event held (not checkpointed, replayed on the next start); it failed with: {error}");
             ticket.clone().hold();
         }
     }
 
-    /// `record_held` from async code: runs it on the blocking pool.
-    pub async fn record_held_async(self: &Arc<Self>, stage: String, event: Arc<Event>, error: String, ticket: Ticket) {
+    /// `record` (with a ticket: `record_held`) from async code, on the blocking
+    /// pool. False when the letter could not be written: the caller must not
+    /// pass the event (its position stays unsaved).
+    pub async fn record_async(self: &Arc<Self>, stage: String, event: Arc<Event>, error: String, ticket: Option<Ticket>) -> bool {
         let dead = self.clone();
         let held = ticket.clone();
-        if tokio::task::spawn_blocking(move || dead.record_held(&stage, &event, &error, &ticket)).await.is_err() {
-            held.hold(); // the blocking task panicked: nothing was recorded
+        let written = tokio::task::spawn_blocking(move || match dead.record(&stage, &[event.as_ref()], &error) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(stage = %stage, seq = event.seq, event_id = %event.id, "{e}; stopping without passing the event (replayed on the next start); it failed with: {error}");
+                false
+            }
+        })
+        .await
+        .unwrap_or(false); // the blocking task panicked: nothing was recorded
+        if !written {
+            if let Some(t) = held {
+                t.hold();
+            }
         }
+        written
+    }
+
+    /// `record_async` without a ticket (the call sites in the sources, until
+    /// they move to it).
+    pub async fn record_retrying_async(self: &Arc<Self>, stage: String, event: Event, error: String) -> bool {
+        self.record_async(stage, Arc::new(event), error, None).await
+    }
+
+    /// `record_async` with a ticket (the call sites in the sources, until they
+    /// move to it).
+    pub async fn record_held_async(self: &Arc<Self>, stage: String, event: Arc<Event>, error: String, ticket: Ticket) {
+        self.record_async(stage, event, error, Some(ticket)).await;
+    }
+
+    /// One attempt at appending `text` (`n` letters); a failure leaves the file as it was.
+    fn write(&self, text: &str, n: u64) -> Result<(), RecordError> {
+        let mut f = self.file.lock().expect("dead-letter lock");
+        f.append(text.as_bytes()).map_err(|source| RecordError { path: self.path.display().to_string(), source })?;
+        self.count.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn count(&self) -> u64 {

@@ -322,7 +322,7 @@ async fn replay_letters(config: Arc<Config>, todo: Vec<Letter>) -> anyhow::Resul
     let cache = config.redis.as_ref().map(|c| RedisHandle::start(c, dead.clone())).transpose()?;
     let rows = config.postgres.as_ref().map(|c| PostgresHandle::start(c, dead.clone())).transpose()?;
     // No Socket.IO server runs here: an emit is refused and goes back to the store.
-    let effects = Arc::new(Effects::new(Executors { audit: Some(audit), cache, rows, emit: None }, dead.clone()));
+    let effects = Arc::new(Effects::new(Executors::with_sinks(audit, cache, rows, None), dead.clone()));
     let mut marks = AppendFile::open(&marks_path(&config.state_dir), "replay marks file")?;
     let runtime = Arc::new(crate::runtime::Runtime::new(config.plugins.cache.then(|| config.state_dir.join("cache")))?);
     let tracker = crate::checkpoint::Tracker::unreplayable("dlq-replay");
@@ -373,7 +373,7 @@ async fn replay_letters(config: Arc<Config>, todo: Vec<Letter>) -> anyhow::Resul
                 }
                 Err(e) => {
                     let cause = format!("replay of dead letter {}: {e}", l.id);
-                    dl.record(&l.stage, &event, &cause).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    dl.record(&l.stage, &[&event], &cause).map_err(|e| anyhow::anyhow!("{e}"))?;
                     mark(&mut marks, &l.id, "failed_again", Some(&e.to_string()))?;
                     println!("{}: failed again in {} v{version}: {e}", l.id, l.stage);
                     out.failed_again += 1;
@@ -394,7 +394,7 @@ type LoadedPlugin = (crate::runtime::Instance, crate::manifest::Capabilities, St
 
 fn load_plugin(runtime: &Arc<crate::runtime::Runtime>, config: &Config, name: &str) -> Result<LoadedPlugin, String> {
     let wasm = config.plugins.dir.join(format!("{name}.wasm"));
-    let files = crate::runtime::reload::PluginFiles::read(&wasm, &wasm.with_extension("toml")).map_err(|e| format!("{e:#}"))?;
+    let files = crate::plugins::reload::PluginFiles::read(&wasm, &wasm.with_extension("toml")).map_err(|e| format!("{e:#}"))?;
     let (code, manifest) = files.load(runtime, config).map_err(|e| format!("{e:#}"))?;
     let caps = config.effective_capabilities(name, &manifest.capabilities);
     let instance = code.new_instance().map_err(|e| format!("cannot instantiate: {e}"))?;

@@ -6,6 +6,7 @@
 //! the work (so its event holds the checkpoint and backpressure stops the sources),
 //! retries with capped backoff, and gives up holding only when the host stops.
 
+use crate::backoff::Backoff;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,7 +89,7 @@ impl Health {
     /// it backs up to the sources. Once the host stops, returns the last error
     /// instead of waiting again: the caller must then hold its event's ticket.
     pub fn retry_durably<T, E: std::fmt::Display>(&self, component: &str, mut op: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut failed = false;
         loop {
             match op() {
@@ -104,17 +105,19 @@ impl Health {
                     if self.is_stopping() {
                         return Err(e);
                     }
-                    let until = Instant::now() + delay;
+                    let until = Instant::now() + backoff.next_delay();
                     // Sleeps in slices so a stop is noticed at once, not after 5 s.
                     while Instant::now() < until && !self.is_stopping() {
                         std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
             }
         }
     }
 }
+
+/// The first wait between two attempts of held work.
+pub const RETRY_FIRST: Duration = Duration::from_millis(50);
 
 /// The longest wait between two attempts of held work.
 pub const RETRY_MAX: Duration = Duration::from_secs(2);

@@ -5,18 +5,17 @@
 //! `[delivery] shutdown_timeout_ms`, or on a second signal, the process exits at
 //! once with `EXIT_FORCED`, its checkpoints never past an unfinished event.
 
-use crate::checkpoint::{run_saver, CheckpointStore, Tracker};
-use crate::config::{Config, SourceConfig};
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
 use crate::deadletter::DeadLetters;
 use crate::health::Health;
 use crate::effect::{audit::AuditHandle, postgres::PostgresHandle, redis::RedisHandle, Effects, Executors};
-use crate::source::mongo::MongoContext;
 use crate::source::socket::SocketServer;
 use crate::envelope::Envelope;
 use crate::router::{Registry, WorkerContext};
-use crate::runtime::reload::PluginDir;
+use crate::plugins::reload::PluginDir;
 use crate::runtime::Runtime;
-use crate::source::{self, SourceContext};
+use crate::source::{CheckpointSaving, Ended};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
     let _state_lock = crate::dlq::StateLock::shared(&config.state_dir)?;
-    crate::runtime::reload::check_plugin_dir(&config.plugins.dir)?;
+    crate::plugins::reload::check_plugin_dir(&config.plugins.dir)?;
     let cache = config.plugins.cache.then(|| config.state_dir.join("cache"));
     let runtime = Arc::new(Runtime::new(cache)?);
     let health = Health::new();
@@ -77,21 +76,18 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let store = CheckpointStore::new(&config.state_dir.join("checkpoints"))?;
     let (saver_stop, saver_stop_rx) = watch::channel(false);
     let checkpoint_interval = Duration::from_millis(config.delivery.checkpoint_interval_ms);
-    let mut savers = Vec::new();
-    let extra_savers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let saving = CheckpointSaving::new(store, checkpoint_interval, saver_stop_rx);
     let socket = match &config.socket {
         Some(sc) => {
-            // Client events are not replayable: the position is only a count.
-            let tracker = Tracker::unreplayable(&sc.name);
             let (tx, rx) = queue();
             crate::metrics::watch_queue(&sc.name, &tx);
             source_queues.push((sc.name.clone(), rx));
-            let sctx = SourceContext { tracker, resume: None, tx, shutdown: shutdown_rx.clone() };
-            Some(SocketServer::start(sc, sctx, dead.clone()).await?)
+            let sctx = saving.context(tx, shutdown_rx.clone(), dead.clone());
+            Some(SocketServer::start(sc, sctx).await?)
         }
         None => None,
     };
-    let executors = Executors { audit: Some(audit), cache, rows, emit: socket.clone() };
+    let executors = Executors::with_sinks(audit, cache, rows, socket.clone());
     let effects = Arc::new(Effects::new(executors, dead.clone()));
     let halt = Arc::new(Notify::new());
     let ctx = Arc::new(WorkerContext { effects: effects.clone(), dead: dead.clone(), delivery: config.delivery.clone(), halt: halt.clone() });
@@ -122,29 +118,14 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
 
     let mut sources = tokio::task::JoinSet::new();
     for sc in &config.sources {
-        let resume = store.load(sc.name())?;
-        let name = sc.name().to_string();
+        let source = sc.clone().build();
+        let name = source.name().to_string();
         let (tx, rx) = queue();
         crate::metrics::watch_queue(&name, &tx);
         source_queues.push((name.clone(), rx));
-        match sc.clone() {
-            SourceConfig::Jsonl(c) => {
-                // Tickets count from 1 each run; the position says where in the file.
-                let tracker = Tracker::new(sc.name(), 1, resume.clone());
-                crate::metrics::watch_tracker(&tracker);
-                savers.push(tokio::spawn(run_saver(tracker.clone(), store.clone(), checkpoint_interval, saver_stop_rx.clone())));
-                let sctx = SourceContext { tracker, resume, tx, shutdown: shutdown_rx.clone() };
-                let d = dead.clone();
-                sources.spawn(async move { (name, source::jsonl::run(c, sctx, d).await) });
-            }
-            SourceConfig::Mongo(c) => {
-                // The Mongo source keeps one tracker and checkpoint per change stream.
-                let tracker = Tracker::new(sc.name(), 1, None);
-                let base = SourceContext { tracker, resume, tx, shutdown: shutdown_rx.clone() };
-                let mctx = MongoContext { base, store: store.clone(), checkpoint_interval, dead: dead.clone(), saver_stop: saver_stop_rx.clone(), savers: extra_savers.clone(), cluster: config.cluster.membership() };
-                sources.spawn(async move { (name, source::mongo::run(c, mctx).await) });
-            }
-        }
+        let mut sctx = saving.context(tx, shutdown_rx.clone(), dead.clone());
+        sctx.cluster = config.cluster.membership();
+        sources.spawn(async move { (name, source.run(sctx).await) });
     }
     let mut dispatchers = Vec::new();
     for (name, rx) in source_queues {
@@ -164,11 +145,10 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
                 // A source that stops on an error stops the host: running on
                 // without it would look healthy while its changes pile up unseen.
                 match done {
-                    Some(Ok((name, Ok(())))) => tracing::info!(source = %name, "source finished"),
-                    Some(Ok((name, Err(e)))) => {
-                        let cause = crate::exit::cause_of(&e).unwrap_or(crate::exit::Cause::Internal);
-                        tracing::error!(source = %name, "source stopped: {e:#}");
-                        break Outcome::SourceFailed { source: name, cause, error: format!("{e:#}") };
+                    Some(Ok((name, Ended::Finished))) => tracing::info!(source = %name, "source finished"),
+                    Some(Ok((name, Ended::Failed { cause, error }))) => {
+                        tracing::error!(source = %name, "source stopped: {error}");
+                        break Outcome::SourceFailed { source: name, cause, error };
                     }
                     Some(Err(e)) => {
                         tracing::error!("source task failed: {e}");
@@ -191,8 +171,8 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     let _ = shutdown_tx.send(true);
     let drain = async {
         while let Some(r) = sources.join_next().await {
-            if let Ok((name, Err(e))) = r {
-                tracing::error!(source = %name, "source stopped: {e:#}");
+            if let Ok((name, Ended::Failed { error, .. })) = r {
+                tracing::error!(source = %name, "source stopped: {error}");
             }
         }
         // Sources have dropped their queues' senders: each dispatcher ends after
@@ -208,8 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
         effects.shutdown().await;
         let _ = saver_stop.send(true);
-        savers.extend(extra_savers.lock().expect("savers lock").drain(..));
-        for s in savers {
+        for s in saving.take_savers() {
             let _ = s.await;
         }
     };

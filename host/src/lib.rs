@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod append;
 pub mod authoring;
+pub mod backoff;
 pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod metrics;
+pub mod plugins;
 pub mod router;
 pub mod runtime;
 pub mod source;

@@ -429,7 +429,7 @@ impl Slot {
             return;
         }
         let events: Vec<&crate::envelope::Event> = envs.iter().map(|e| &*e.event).collect();
-        if let Err(e) = self.ctx.dead.record_all_retrying(&self.name, &events, cause) {
+        if let Err(e) = self.ctx.dead.record(&self.name, &events, cause) {
             // Only when the host is stopping: the events are held, never passed.
             tracing::error!(plugin = %self.name, "{e}; stopping with {} event(s) held (replayed on the next start)", envs.len());
             for env in envs {

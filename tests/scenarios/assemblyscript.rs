@@ -26,12 +26,7 @@ fn asc(entry: &str, out: &Path) {
     assert!(status.success(), "asc {entry} failed: {status}");
 }
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
+use oplet_tests::read_json_lines as read_lines;
 
 fn change(n: i64, coll: &str, doc: Value) -> String {
     json!({"body": {"kind": "change", "data": {"op": "insert", "db": "app", "coll": coll, "key": {"_id": n}, "full_document": doc}}}).to_string()

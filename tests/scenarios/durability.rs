@@ -104,10 +104,7 @@ impl Host {
 
     /// The saved checkpoint of the JSON-lines source: the last line done.
     fn checkpoint(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(self.state().join("checkpoints/events.json")).ok()?;
-        let v = serde_json::from_str::<Value>(&text).ok()?;
-        // `{"line": N, ...}` (a bare number from older hosts is read too).
-        v.get("line").and_then(Value::as_u64).or_else(|| v.as_u64())
+        oplet_tests::jsonl_checkpoint(&self.state(), "events")
     }
 
     async fn wait_checkpoint(&self, oplet: &Oplet, line: u64) {

@@ -1,7 +1,8 @@
 //! Isolation between plugins and sources, through the real `oplet` binary: a plugin
 //! that fails every event (slowly) is quarantined while its neighbour handles
 //! everything; one source's backlog never delays another source's events; a fix
-//! takes over a failing backlog, and a quick remove + re-install never runs two
+//! takes over a failing backlog (or, with `on_quarantine = "hold"`, the held
+//! events: the checkpoint waits for it), and a quick remove + re-install never runs two
 //! versions at once; SIGTERM is bounded, and a second signal ends the host at once.
 
 use oplet_tests::{install_plugin_from, wasm_plugins, Oplet, TempDir};
@@ -60,16 +61,12 @@ impl HostDir {
 
     /// The saved checkpoint of a JSON-lines source: the last line done.
     fn checkpoint(&self, source: &str) -> Option<u64> {
-        let text = std::fs::read_to_string(self.path().join(format!("state/checkpoints/{source}.json"))).ok()?;
-        let v = serde_json::from_str::<Value>(&text).ok()?;
-        // `{"line": N, ...}` (a bare number from older hosts is read too).
-        v.get("line").and_then(Value::as_u64).or_else(|| v.as_u64())
+        oplet_tests::jsonl_checkpoint(&self.path().join("state"), source)
     }
 
     /// The host's view of one plugin (`state_dir/plugins.json`).
     fn status(&self, plugin: &str) -> Value {
-        let text = std::fs::read_to_string(self.path().join("state/plugins.json")).unwrap_or_default();
-        serde_json::from_str::<Value>(&text).map(|v| v["plugins"][plugin].clone()).unwrap_or(Value::Null)
+        oplet_tests::plugin_status(&self.path().join("state"), plugin)
     }
 
     /// Deploys built module `module` as plugin `name` (manifest, then module, each
@@ -91,13 +88,8 @@ fn append_to(dir: &Path, source: &str, count: usize) {
     std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
 }
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        // A line being written may be cut at the end: read whole lines only.
-        Ok(t) => t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
+// A line being written may be cut at the end: read whole lines only.
+use oplet_tests::read_complete_json_lines as read_lines;
 
 fn manifest(name: &str, sources: &[&str], limits: &str) -> String {
     let sources = if sources.is_empty() { String::new() } else { format!("sources = {sources:?}\n") };
@@ -180,6 +172,47 @@ async fn a_quarantined_plugin_is_probed_again_and_a_fix_ends_the_quarantine() {
     host.append("events", 5);
     wait_until("30 events done", &oplet, || host.checkpoint("events") == Some(30)).await;
     assert_eq!(seqs(&host.audit_of("p")), vec![26, 27, 28, 29, 30]);
+}
+
+/// `on_quarantine = "hold"`: a quarantined plugin's events are neither run nor
+/// dead-lettered; they hold the checkpoint while its neighbour goes on, the host
+/// says so in plugins.json, and a fixed version (hot reload) takes over the held
+/// events so the checkpoint moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_quarantine_keeps_the_checkpoint_until_a_fix_delivers_the_held_events() {
+    const N: u64 = 20;
+    let host = HostDir::new(&["events"], "quarantine_after = 2\nquarantine_ms = 600000\non_quarantine = \"hold\"\ncheckpoint_interval_ms = 20");
+    host.deploy("p", "stuck", &manifest("p", &[], "[limits]\ntime_ms = 30\n"));
+    host.deploy("echo", "echo", &manifest("echo", &[], ""));
+    let mut oplet = Oplet::start(&host.config());
+    wait_until("both plugins loaded", &oplet, || host.status("p")["loaded"] == true && host.status("echo")["loaded"] == true).await;
+    host.append("events", N as usize);
+
+    // Event 1 fails and is dead-lettered (on_plugin_error); event 2 is the second
+    // failure in a row: quarantined, and held rather than dead-lettered.
+    wait_until("p to be quarantined", &oplet, || host.status("p")["state"] == "quarantined").await;
+    let status = host.status("p");
+    assert!(status["reason"].as_str().unwrap_or("").contains("failed event(s) in a row"), "{status}");
+    wait_until("echo to handle every event", &oplet, || host.audit_of("echo").len() == N as usize).await;
+    assert_eq!(seqs(&host.audit_of("echo")), (1..=N).collect::<Vec<_>>(), "the neighbour is not held back");
+    wait_until("the checkpoint past event 1", &oplet, || host.checkpoint("events") == Some(1)).await;
+    // Give a wrong implementation many checkpoint intervals to move past the hold.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(host.checkpoint("events"), Some(1), "the held event 2 keeps the checkpoint:\n{}", oplet.logs());
+    assert_eq!(seqs(&host.dead_letters_of("p")), vec![1], "held events are not dead-lettered");
+    assert!(host.audit_of("p").is_empty());
+    let line = oplet.log_lines_containing("plugin quarantined").pop().expect("a quarantine log line");
+    assert!(line.contains("plugin=p") && line.contains("held (the checkpoint waits)"), "{line}");
+
+    // The fix takes over from the held event: 2..=N are delivered, once, in order.
+    host.deploy("p", "versioned-a", &manifest("p", &[], ""));
+    wait_until("the checkpoint to reach the last event", &oplet, || host.checkpoint("events") == Some(N)).await;
+    assert_eq!(seqs(&host.audit_of("p")), (2..=N).collect::<Vec<_>>(), "the held events reach the fix");
+    assert_eq!(host.status("p")["state"], "healthy");
+    assert_eq!(seqs(&host.dead_letters_of("p")), vec![1]);
+
+    let exit = oplet.terminate().unwrap();
+    assert_eq!(exit.code(), Some(0), "a clean stop:\n{}", oplet.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

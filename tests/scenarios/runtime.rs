@@ -87,12 +87,7 @@ follow = {follow}
     }
 }
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
+use oplet_tests::read_json_lines as read_lines;
 
 fn manifest(name: &str, limits: &str) -> String {
     format!("name = \"{name}\"\n[[subscribe]]\nnamespaces = [\"app.*\"]\n[capabilities]\naudit = true\n{limits}")

@@ -76,12 +76,7 @@ impl Host {
     }
 }
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
+use oplet_tests::read_json_lines as read_lines;
 
 /// `[redis]`, `[postgres]` (with the audit table) and a grant of everything the
 /// manifests ask for.

@@ -13,6 +13,7 @@ mod process;
 mod redis_server;
 mod require;
 mod tls;
+mod state;
 
 pub use mongo::{Mongo, MONGODB_URI_ENV};
 pub use oplet::{oplet_bin, Oplet};
@@ -24,6 +25,7 @@ pub use postgres::Postgres;
 pub use redis_server::Redis;
 pub use require::{require, Service};
 pub use tls::TestCa;
+pub use state::{jsonl_checkpoint, plugin_status, read_complete_json_lines, read_json_lines};
 
 use std::path::{Path, PathBuf};
 

@@ -4,12 +4,12 @@
 //! It never moves the host's checkpoints: it keeps its own in a temporary folder,
 //! starting from now, or from a copy of the host's with `--since-checkpoint`.
 
-use crate::checkpoint::{CheckpointStore, Tracker};
+use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, SourceConfig};
 use crate::deadletter::DeadLetters;
 use crate::envelope::Envelope;
-use crate::source::mongo::{MongoContext, StoreKind};
-use crate::source::{self, SourceContext};
+use crate::source::mongo::StoreKind;
+use crate::source;
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,36 +67,21 @@ pub fn record(opts: &Options) -> anyhow::Result<ExitCode> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (saver_stop_tx, saver_stop_rx) = watch::channel(false);
         let name = opts.source.to_string();
+        // The recorder's positions go to its scratch folder, never to the host's store.
+        let saving = crate::source::CheckpointSaving::new(store.clone(), Duration::from_millis(200), saver_stop_rx.clone());
+        let ctx = saving.context(tx, shutdown_rx, dead.clone());
         let mut task: tokio::task::JoinHandle<anyhow::Result<()>> = match (found, socket) {
-            (Some(SourceConfig::Jsonl(c)), _) => {
-                let resume = if opts.since_checkpoint { store.load(&name)? } else { None };
-                let tracker = Tracker::new(&name, 1, resume.clone());
-                let ctx = SourceContext { tracker, resume, tx, shutdown: shutdown_rx };
-                let d = dead.clone();
-                tokio::spawn(async move { source::jsonl::run(c, ctx, d).await })
-            }
+            (Some(SourceConfig::Jsonl(c)), _) => tokio::spawn(async move { source::jsonl::run(c, ctx).await }),
             (Some(SourceConfig::Mongo(mut c)), _) => {
                 if c.checkpoint.store == StoreKind::Mongo && opts.since_checkpoint {
                     bail!("--since-checkpoint: source {name:?} keeps its checkpoints in MongoDB ({}); the recorder reads local checkpoints only: record without it", c.checkpoint.collection);
                 }
-                // The recorder's positions go to its scratch folder, never to the host's store.
                 c.checkpoint.store = StoreKind::Local;
-                let base = SourceContext { tracker: Tracker::new(&name, 1, None), resume: None, tx, shutdown: shutdown_rx };
-                let mctx = MongoContext {
-                    base,
-                    store: store.clone(),
-                    checkpoint_interval: Duration::from_millis(200),
-                    dead: dead.clone(),
-                    saver_stop: saver_stop_rx,
-                    savers: Arc::new(std::sync::Mutex::new(Vec::new())),
-                    // A recorder reads every target, whoever owns it: it moves no checkpoint.
-                    cluster: None,
-                };
-                tokio::spawn(async move { source::mongo::run(c, mctx).await })
+                // A recorder reads every target, whoever owns it (ctx.cluster is None).
+                tokio::spawn(async move { source::mongo::run(c, ctx).await })
             }
             (None, Some(sc)) => {
-                let ctx = SourceContext { tracker: Tracker::unreplayable(&sc.name), resume: None, tx, shutdown: shutdown_rx };
-                let server = crate::source::socket::SocketServer::start(&sc, ctx, dead.clone()).await?;
+                let server = crate::source::socket::SocketServer::start(&sc, ctx).await?;
                 tracing::info!(source = %sc.name, "recording the events Socket.IO clients send to {}", sc.listen);
                 // The server runs until shutdown; this task only keeps it alive.
                 let mut stop = saver_stop_rx;

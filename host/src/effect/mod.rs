@@ -1,11 +1,14 @@
-//! Effects: capability checks, then hand-off to the executor that applies them.
+//! Effects: capability checks, then hand-off to the executor registered for the
+//! effect's capability kind.
 //!
 //! Plugin workers call `Effects::submit` with what a plugin returned for one event.
 //! Each effect is checked against the plugin's effective capabilities (its
 //! manifest's request intersected with the host's grants); a refused effect is
-//! logged and dead-lettered, never applied. Accepted effects go to their executor
-//! with a clone of the event's ticket, so the checkpoint waits until they are
-//! durably applied.
+//! logged and dead-lettered, never applied. Accepted effects go to the `Executor`
+//! registered for `Effect::capability()` (the SDK's one table), with a clone of
+//! the event's ticket, so the checkpoint waits until they are durably applied.
+//! A new effect kind is an SDK variant with its capability, a `check` arm, an
+//! `Executor` and one `register` line in `host.rs`.
 
 pub mod audit;
 pub mod batch;
@@ -18,7 +21,11 @@ use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use crate::manifest::Capabilities;
 use crate::envelope::Event;
+use oplet_sdk::CapabilityKind;
 use oplet_sdk::{Effect, LogLevel};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -31,13 +38,79 @@ pub enum Refusal {
     NoExecutor(String),
 }
 
-/// The executors this host has, each optional (configured or not).
-#[derive(Default)]
+/// Applies the effects of one capability kind. `apply` is called from plugin
+/// worker threads and may block while the executor is behind (backpressure);
+/// the ticket clone it is given is released once the effect is durable.
+pub trait Executor: Send + Sync {
+    /// Applies (or queues) `effect`, already capability-checked; `index` is its
+    /// place among the effects the plugin returned for `event`.
+    fn apply(&self, plugin: &str, event: &Arc<Event>, index: usize, effect: Effect, ticket: &Ticket);
+
+    /// Applies what is queued, then stops.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// The executors of this host, by the capability kind they serve. `log` is
+/// always there; the others only when their config section is.
 pub struct Executors {
-    pub audit: Option<audit::AuditHandle>,
-    pub cache: Option<redis::RedisHandle>,
-    pub rows: Option<postgres::PostgresHandle>,
-    pub emit: Option<Arc<crate::source::socket::SocketServer>>,
+    by_kind: HashMap<CapabilityKind, Arc<dyn Executor>>,
+}
+
+impl Default for Executors {
+    fn default() -> Executors {
+        let mut ex = Executors { by_kind: HashMap::new() };
+        ex.register(CapabilityKind::Log, Arc::new(LogExecutor));
+        ex
+    }
+}
+
+impl Executors {
+    /// The host's executors: the audit file (and table), and each configured
+    /// sink; `emit` only where a Socket.IO server runs.
+    pub fn with_sinks(
+        audit: audit::AuditHandle,
+        cache: Option<redis::RedisHandle>,
+        rows: Option<postgres::PostgresHandle>,
+        emit: Option<Arc<crate::source::socket::SocketServer>>,
+    ) -> Executors {
+        let rows = rows.map(Arc::new);
+        let mut executors = Executors::default();
+        executors.register(CapabilityKind::Audit, Arc::new(AuditExecutor { file: audit, rows: rows.clone() }));
+        if let Some(cache) = cache {
+            executors.register(CapabilityKind::Cache, Arc::new(cache));
+        }
+        if let Some(rows) = rows {
+            executors.register(CapabilityKind::Tables, rows);
+        }
+        if let Some(socket) = emit {
+            executors.register(CapabilityKind::Emit, socket);
+        }
+        executors
+    }
+
+    /// Registers `executor` for effects needing `kind` (replacing any before).
+    pub fn register(&mut self, kind: CapabilityKind, executor: Arc<dyn Executor>) -> &mut Executors {
+        self.by_kind.insert(kind, executor);
+        self
+    }
+
+    fn get(&self, effect: &Effect) -> Result<&Arc<dyn Executor>, Refusal> {
+        let kind = effect.capability();
+        self.by_kind.get(&kind).ok_or_else(|| {
+            Refusal::NoExecutor(format!("{} needs {} in the host config", self::kind(effect), config_section(kind)))
+        })
+    }
+}
+
+/// The host config section that starts the executor of `kind`.
+fn config_section(kind: CapabilityKind) -> &'static str {
+    match kind {
+        CapabilityKind::Audit => "[audit]",
+        CapabilityKind::Cache => "a [redis] section",
+        CapabilityKind::Tables => "a [postgres] section",
+        CapabilityKind::Emit => "a [socket] section",
+        CapabilityKind::Log => "nothing",
+    }
 }
 
 pub struct Effects {
@@ -55,57 +128,15 @@ impl Effects {
     /// an executor's queue is full (backpressure). Call from a worker thread.
     pub fn submit(&self, plugin: &str, caps: &Capabilities, event: &Arc<Event>, effects: Vec<Effect>, ticket: &Ticket) {
         for (index, effect) in effects.into_iter().enumerate() {
-            if let Err(refusal) = check(&effect, caps).and_then(|_| self.executor_for(&effect)) {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::effects(kind(&effect), "refused", 1);
-                tracing::warn!(plugin, source = %event.source, seq = event.seq, event_id = %event.id, "effect {} refused: {refusal}", kind(&effect));
-                self.dead.record_held(plugin, event, &format!("effect {} refused: {refusal}", kind(&effect)), ticket);
-                continue;
+            match check(&effect, caps).and_then(|_| self.ex.get(&effect)) {
+                Ok(executor) => executor.apply(plugin, event, index, effect, ticket),
+                Err(refusal) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::effects(kind(&effect), "refused", 1);
+                    tracing::warn!(plugin, source = %event.source, seq = event.seq, event_id = %event.id, "effect {} refused: {refusal}", kind(&effect));
+                    self.dead.record_held(plugin, event, &format!("effect {} refused: {refusal}", kind(&effect)), ticket);
+                }
             }
-            match effect {
-                Effect::Log { level, message } => log(plugin, event, level, &message),
-                Effect::Audit { record } => {
-                    if let Some(rows) = self.ex.rows.as_ref().filter(|r| r.keeps_audit()) {
-                        let key = audit::record_key(plugin, event, index);
-                        rows.audit(plugin, event, key, record.clone(), ticket.clone());
-                    }
-                    let audit = self.ex.audit.as_ref().expect("checked by executor_for");
-                    audit.append(plugin, event, index, record, ticket.clone());
-                }
-                Effect::CacheDelete { keys } => {
-                    let cache = self.ex.cache.as_ref().expect("checked by executor_for");
-                    cache.delete(plugin, event, keys, ticket.clone());
-                }
-                Effect::RowUpsert { table, key, values } => {
-                    let rows = self.ex.rows.as_ref().expect("checked by executor_for");
-                    rows.apply(plugin, event, postgres::RowOp::Upsert { table, key, values }, ticket.clone());
-                }
-                Effect::RowDelete { table, key } => {
-                    let rows = self.ex.rows.as_ref().expect("checked by executor_for");
-                    rows.apply(plugin, event, postgres::RowOp::Delete { table, key }, ticket.clone());
-                }
-                Effect::Emit { to, event: name, payload } => {
-                    let emit = self.ex.emit.as_ref().expect("checked by executor_for");
-                    emit.emit(plugin, event, to, name, payload, ticket.clone());
-                }
-                other => unreachable!("executor_for refuses {}", kind(&other)),
-            }
-        }
-    }
-
-    fn executor_for(&self, effect: &Effect) -> Result<(), Refusal> {
-        let missing = |what: &str| Err(Refusal::NoExecutor(format!("{} needs {what} in the host config", kind(effect))));
-        match effect {
-            Effect::Log { .. } => Ok(()),
-            Effect::Audit { .. } if self.ex.audit.is_some() => Ok(()),
-            Effect::Audit { .. } => missing("[audit]"),
-            Effect::CacheDelete { .. } if self.ex.cache.is_some() => Ok(()),
-            Effect::CacheDelete { .. } => missing("a [redis] section"),
-            Effect::RowUpsert { .. } | Effect::RowDelete { .. } if self.ex.rows.is_some() => Ok(()),
-            Effect::RowUpsert { .. } | Effect::RowDelete { .. } => missing("a [postgres] section"),
-            Effect::Emit { .. } if self.ex.emit.is_some() => Ok(()),
-            Effect::Emit { .. } => missing("a [socket] section"),
-            _ => Err(Refusal::NoExecutor(format!("{} is not known to this host", kind(effect)))),
         }
     }
 
@@ -114,21 +145,96 @@ impl Effects {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Flushes and stops the executors; returns when everything accepted is applied.
+    /// Flushes and stops the executors; returns when everything accepted is
+    /// applied. Emits go last, as their clients see the end of the host.
     pub async fn shutdown(&self) {
-        if let Some(a) = &self.ex.audit {
-            a.shutdown().await;
-        }
-        if let Some(c) = &self.ex.cache {
-            c.shutdown().await;
-        }
-        if let Some(r) = &self.ex.rows {
-            r.shutdown().await;
-        }
-        if let Some(e) = &self.ex.emit {
-            e.shutdown().await;
+        use CapabilityKind::*;
+        for kind in [Audit, Cache, Tables, Emit, Log] {
+            if let Some(executor) = self.ex.by_kind.get(&kind) {
+                executor.shutdown().await;
+            }
         }
     }
+}
+
+/// `log` effects: lines in the host's log, tagged with the plugin and event.
+struct LogExecutor;
+
+impl Executor for LogExecutor {
+    fn apply(&self, plugin: &str, event: &Arc<Event>, _index: usize, effect: Effect, _ticket: &Ticket) {
+        if let Effect::Log { level, message } = effect {
+            log(plugin, event, level, &message);
+        }
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+/// `audit` effects: the audit file, and the PostgreSQL audit table when
+/// `[postgres] audit_table` is set.
+pub struct AuditExecutor {
+    pub file: audit::AuditHandle,
+    pub rows: Option<Arc<postgres::PostgresHandle>>,
+}
+
+impl Executor for AuditExecutor {
+    fn apply(&self, plugin: &str, event: &Arc<Event>, index: usize, effect: Effect, ticket: &Ticket) {
+        let Effect::Audit { record } = effect else { return wrong(plugin, &effect, "audit", ticket) };
+        if let Some(rows) = self.rows.as_ref().filter(|r| r.keeps_audit()) {
+            rows.audit(plugin, event, audit::record_key(plugin, event, index), record.clone(), ticket.clone());
+        }
+        self.file.append(plugin, event, index, record, ticket.clone());
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.file.shutdown())
+    }
+}
+
+impl Executor for redis::RedisHandle {
+    fn apply(&self, plugin: &str, event: &Arc<Event>, _index: usize, effect: Effect, ticket: &Ticket) {
+        let Effect::CacheDelete { keys } = effect else { return wrong(plugin, &effect, "cache", ticket) };
+        self.delete(plugin, event, keys, ticket.clone());
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(redis::RedisHandle::shutdown(self))
+    }
+}
+
+impl Executor for postgres::PostgresHandle {
+    fn apply(&self, plugin: &str, event: &Arc<Event>, _index: usize, effect: Effect, ticket: &Ticket) {
+        let op = match effect {
+            Effect::RowUpsert { table, key, values } => postgres::RowOp::Upsert { table, key, values },
+            Effect::RowDelete { table, key } => postgres::RowOp::Delete { table, key },
+            other => return wrong(plugin, &other, "tables", ticket),
+        };
+        postgres::PostgresHandle::apply(self, plugin, event, op, ticket.clone());
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(postgres::PostgresHandle::shutdown(self))
+    }
+}
+
+impl Executor for crate::source::socket::SocketServer {
+    fn apply(&self, plugin: &str, event: &Arc<Event>, _index: usize, effect: Effect, ticket: &Ticket) {
+        let Effect::Emit { to, event: name, payload } = effect else { return wrong(plugin, &effect, "emit", ticket) };
+        self.emit(plugin, event, to, name, payload, ticket.clone());
+    }
+
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(crate::source::socket::SocketServer::shutdown(self))
+    }
+}
+
+/// An executor registered for the wrong kind: a wiring bug, not input. Logged
+/// loudly, and the event is held (never checkpointed) rather than lost.
+fn wrong(plugin: &str, effect: &Effect, executor: &str, ticket: &Ticket) {
+    tracing::error!(plugin, "effect {} reached the {executor} executor: a registration bug; not applied, the event is held", kind(effect));
+    ticket.clone().hold();
 }
 
 /// The effect kind as it appears on the wire (`cache_delete`, `row_upsert`...).

@@ -1,19 +1,16 @@
 //! Redis executor: cache deletes, pipelined (many events per round trip).
 //!
-//! Plugin workers queue one item per cache-delete effect (`delete`, blocking while
-//! the queue is full). One thread takes them in batches and sends their keys as a
-//! few `UNLINK` (or `DEL`) commands in a single pipeline; an item's ticket is
-//! dropped when the reply covering it has arrived. Connection errors are retried with backoff on a fresh connection;
-//! an item still failing after the retries, or refused by the server for good
-//! (`NOPERM`...), is dead-lettered with the error. Deletes are idempotent and
+//! A `BatchSink` (see `batch`): the shared sink thread hands it batches of cache
+//! deletes, and it sends their keys as a few `UNLINK` (or `DEL`) commands in a
+//! single pipeline, saying per item whether it is done, worth retrying (on a
+//! fresh connection) or refused for good (`NOPERM`...). Deletes are idempotent and
 //! commute, so a retried or replayed batch is harmless.
 
-use super::batch::{next_batch, Backoff, BatchQueue};
+use super::batch::{BatchSink, Batching, Outcome, Queued, SinkHandle};
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use crate::envelope::Event;
 use serde::Deserialize;
-use super::batch::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 use super::secrets::{redact, Secret};
@@ -79,23 +76,27 @@ impl DeleteCommand {
     }
 }
 
+/// Batching defaults: small, fast deletes, many per pipeline.
+const DEFAULTS: Batching =
+    Batching { batch_max: 512, batch_ms: 2, queue: 4096, retries: 10, backoff_ms: 100, backoff_max_ms: 5_000 };
+
 fn default_batch_max() -> usize {
-    512
+    DEFAULTS.batch_max
 }
 fn default_batch_ms() -> u64 {
-    2
+    DEFAULTS.batch_ms
 }
 fn default_queue() -> usize {
-    4096
+    DEFAULTS.queue
 }
 fn default_retries() -> u32 {
-    10
+    DEFAULTS.retries
 }
 fn default_backoff_ms() -> u64 {
-    100
+    DEFAULTS.backoff_ms
 }
 fn default_backoff_max_ms() -> u64 {
-    5_000
+    DEFAULTS.backoff_max_ms
 }
 fn default_timeout_ms() -> u64 {
     5_000
@@ -104,14 +105,15 @@ fn default_timeout_ms() -> u64 {
 impl RedisConfig {
     /// A config with every default, for `url`.
     pub fn new(url: &str) -> RedisConfig {
+        let d = DEFAULTS;
         RedisConfig {
             url: url.to_string(),
-            batch_max: default_batch_max(),
-            batch_ms: default_batch_ms(),
-            queue: default_queue(),
-            retries: default_retries(),
-            backoff_ms: default_backoff_ms(),
-            backoff_max_ms: default_backoff_max_ms(),
+            batch_max: d.batch_max,
+            batch_ms: d.batch_ms,
+            queue: d.queue,
+            retries: d.retries,
+            backoff_ms: d.backoff_ms,
+            backoff_max_ms: d.backoff_max_ms,
             command: DeleteCommand::default(),
             timeout_ms: default_timeout_ms(),
             password: None,
@@ -120,19 +122,22 @@ impl RedisConfig {
             tls: TlsConfig::default(),
         }
     }
-}
 
-struct Item {
-    plugin: String,
-    event: Arc<Event>,
-    keys: Vec<String>,
-    /// Dropping it once the reply is in (or the dead letter written) marks the
-    /// event done; held when neither happened.
-    _ticket: Ticket,
+    /// The keys the shared batching sink reads.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            batch_max: self.batch_max,
+            batch_ms: self.batch_ms,
+            queue: self.queue,
+            retries: self.retries,
+            backoff_ms: self.backoff_ms,
+            backoff_max_ms: self.backoff_max_ms,
+        }
+    }
 }
 
 pub struct RedisHandle {
-    queue: BatchQueue<Item>,
+    sink: SinkHandle<Vec<String>>,
 }
 
 impl RedisHandle {
@@ -140,33 +145,22 @@ impl RedisHandle {
     /// only delays deletes (logged, retried); a malformed URL is an error here.
     pub fn start(cfg: &RedisConfig, dead: Arc<DeadLetters>) -> anyhow::Result<RedisHandle> {
         let client = client(cfg)?;
-        let sink = Sink { cfg: cfg.clone(), client, conn: None, dead: dead.clone() };
-        let queue = BatchQueue::start("oplet-redis", cfg.queue, move |rx| sink.run(rx))?;
-        Ok(RedisHandle { queue })
+        let sink = Sink { cfg: cfg.clone(), client, conn: None };
+        Ok(RedisHandle { sink: SinkHandle::start("oplet-redis", sink, cfg.batching(), dead)? })
     }
 
     /// Queues a delete of `keys` (already capability-checked); blocks while the
     /// executor is behind. The ticket is dropped once the keys are deleted.
     pub fn delete(&self, plugin: &str, event: &Arc<Event>, keys: Vec<String>, ticket: Ticket) {
-        if keys.is_empty() {
-            return;
-        }
-        let item = Item { plugin: plugin.to_string(), event: event.clone(), keys, _ticket: ticket };
-        if let Err(item) = self.queue.send(item) {
-            // Only at shutdown: the event stays unsaved and is replayed on the next start.
-            tracing::error!(plugin, seq = event.seq, "Redis executor has stopped; cache delete not applied: the event is held (not checkpointed)");
-            item._ticket.hold();
+        if !keys.is_empty() {
+            self.sink.send(plugin, event, keys, ticket);
         }
     }
 
     /// Applies what is queued, then stops.
     pub async fn shutdown(&self) {
-        self.queue.close().await;
+        self.sink.shutdown().await;
     }
-}
-
-fn stage(plugin: &str) -> String {
-    format!("sink:redis ({plugin})")
 }
 
 /// The client for `cfg`: its URL, with `password`/`password_file`/`username`
@@ -227,7 +221,6 @@ struct Sink {
     cfg: RedisConfig,
     client: redis::Client,
     conn: Option<redis::aio::MultiplexedConnection>,
-    dead: Arc<DeadLetters>,
 }
 
 /// Keys per `UNLINK` command at most: large enough that Redis spends its time
@@ -235,39 +228,28 @@ struct Sink {
 /// short on the server's single thread.
 const KEYS_PER_COMMAND: usize = 1024;
 
-/// What became of one item (or command) in one attempt.
-#[derive(Clone)]
-enum Outcome {
-    Done,
-    /// Worth another attempt (connection lost, server loading or read-only...).
-    Retry(String),
-    /// The server refused it for good.
-    Refused(String),
+impl BatchSink for Sink {
+    type Op = Vec<String>;
+    const STORE: &'static str = "Redis";
+    const STAGE: &'static str = "sink:redis";
+    const ITEMS: &'static str = "cache delete(s)";
+    const METRIC: &'static str = "redis";
+    const EFFECT: &'static str = "cache_delete";
+
+    async fn warm_up(&mut self) -> Result<(), String> {
+        self.connect().await.map(|_| ())
+    }
+
+    async fn attempt(&mut self, batch: &[Queued<Vec<String>>]) -> Vec<Outcome> {
+        self.commands(batch).await
+    }
+
+    fn describe(keys: &Vec<String>) -> String {
+        format!("cache delete of {keys:?}")
+    }
 }
 
 impl Sink {
-    fn run(mut self, rx: Receiver<Item>) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!("Redis executor cannot start its runtime: {e}; every cache delete will be dead-lettered");
-                while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), Duration::ZERO) {
-                    self.give_up(batch, &format!("Redis executor has no runtime: {e}"));
-                }
-                return;
-            }
-        };
-        if let Err(e) = rt.block_on(self.connect()) {
-            tracing::warn!(url = %redact(&self.cfg.url), "Redis is not reachable yet ({e}); cache deletes will wait and retry");
-        }
-        let window = Duration::from_millis(self.cfg.batch_ms);
-        while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), window) {
-            let (n, t) = (batch.len(), std::time::Instant::now());
-            rt.block_on(self.apply(batch));
-            crate::metrics::sink_batch("redis", n, t.elapsed());
-        }
-    }
-
     async fn connect(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, String> {
         if self.conn.is_none() {
             let timeout = Some(Duration::from_millis(self.cfg.timeout_ms));
@@ -287,60 +269,20 @@ impl Sink {
         Ok(self.conn.as_mut().expect("just connected"))
     }
 
-    /// Applies a batch: every item is deleted, or dead-lettered with its error.
-    async fn apply(&mut self, mut pending: Vec<Item>) {
-        let backoff = Backoff::new(self.cfg.retries, self.cfg.backoff_ms, self.cfg.backoff_max_ms);
-        let mut attempt = 0;
-        loop {
-            let outcomes = self.attempt(&pending).await;
-            let mut retry = Vec::new();
-            let mut last_error = String::new();
-            for (item, outcome) in pending.into_iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Done => crate::metrics::effects("cache_delete", "applied", 1), // dropping the item releases its ticket
-                    Outcome::Refused(e) => {
-                        tracing::error!(plugin = %item.plugin, seq = item.event.seq, "Redis refused a cache delete: {e}; dead-lettered");
-                        crate::metrics::effects("cache_delete", "dead_lettered", 1);
-                        self.dead.record_held(&stage(&item.plugin), &item.event, &format!("Redis refused {:?}: {e}", item.keys), &item._ticket);
-                    }
-                    Outcome::Retry(e) => {
-                        last_error = e;
-                        retry.push(item);
-                    }
-                }
-            }
-            if retry.is_empty() {
-                return;
-            }
-            attempt += 1;
-            let Some(delay) = backoff.delay(attempt) else {
-                self.give_up(retry, &format!("Redis still failing after {} retries: {last_error}", self.cfg.retries));
-                return;
-            };
-            tracing::warn!(
-                "Redis: {} cache delete(s) failed: {last_error}; retry {attempt}/{} in {delay:?}",
-                retry.len(),
-                self.cfg.retries
-            );
-            tokio::time::sleep(delay).await;
-            pending = retry;
-        }
-    }
-
     /// One pipeline: the keys of consecutive items share `UNLINK` commands of up
     /// to `KEYS_PER_COMMAND` keys. A command Redis refuses for good is sent again
     /// as one command per item, so the refusal lands on the item that caused it.
     /// One outcome per item.
-    async fn attempt(&mut self, items: &[Item]) -> Vec<Outcome> {
+    async fn commands(&mut self, items: &[Queued<Vec<String>>]) -> Vec<Outcome> {
         let mut commands = Vec::new();
         let mut start = 0;
         let mut keys = 0;
         for (i, item) in items.iter().enumerate() {
-            if keys > 0 && keys + item.keys.len() > KEYS_PER_COMMAND {
+            if keys > 0 && keys + item.op.len() > KEYS_PER_COMMAND {
                 commands.push(start..i);
                 (start, keys) = (i, 0);
             }
-            keys += item.keys.len();
+            keys += item.op.len();
         }
         commands.push(start..items.len());
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(items.len());
@@ -368,7 +310,7 @@ impl Sink {
 
     /// Sends one delete command per range of items, all in one pipeline; one
     /// outcome per command.
-    async fn pipeline(&mut self, items: &[Item], commands: &[std::ops::Range<usize>]) -> Vec<Outcome> {
+    async fn pipeline(&mut self, items: &[Queued<Vec<String>>], commands: &[std::ops::Range<usize>]) -> Vec<Outcome> {
         let all = |e: String| commands.iter().map(|_| Outcome::Retry(e.clone())).collect();
         let command = self.cfg.command.name();
         let conn = match self.connect().await {
@@ -379,7 +321,7 @@ impl Sink {
         for range in commands {
             let cmd = pipe.cmd(command);
             for item in &items[range.clone()] {
-                cmd.arg(&item.keys);
+                cmd.arg(&item.op);
             }
         }
         match pipe.ignore_errors().query_async::<Vec<redis::RedisResult<i64>>>(conn).await {
@@ -400,14 +342,6 @@ impl Sink {
                 self.conn = None;
                 all(e.to_string())
             }
-        }
-    }
-
-    fn give_up(&self, items: Vec<Item>, error: &str) {
-        tracing::error!("{error}; dead-lettering {} cache delete(s)", items.len());
-        crate::metrics::effects("cache_delete", "dead_lettered", items.len() as u64);
-        for item in items {
-            self.dead.record_held(&stage(&item.plugin), &item.event, &format!("cache delete of {:?}: {error}", item.keys), &item._ticket);
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use super::cache::{Lease, ModuleCache};
 use super::compile::CompilePool;
-use super::plugin::{StoreState, LOG_LINE_MAX};
+use super::store::{StoreState, LOG_LINE_MAX};
 use oplet_sdk::LogLevel;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -2,8 +2,8 @@
 //!
 //! `Runtime` owns the one `Engine`, the `Linker`, the compile pool and the
 //! compiled-module cache; `PluginCode` is a validated module ready to instantiate;
-//! `Instance` takes an event and gives effects or a typed `CallError`. `reload`
-//! keeps the set of loaded plugins in step with the plugin folder.
+//! `Instance` takes an event and gives effects or a typed `CallError`. The plugin
+//! folder watcher that feeds it lives in `crate::plugins`, outside the runtime.
 
 mod cache;
 pub mod compile;
@@ -12,8 +12,7 @@ pub mod inspect;
 pub(crate) mod limits;
 mod lograte;
 mod plugin;
-mod loader;
-pub mod reload;
+mod store;
 
 pub use compile::CompileBudget;
 pub use engine::Runtime;

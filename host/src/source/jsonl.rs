@@ -8,17 +8,28 @@
 
 use super::SourceContext;
 use crate::checkpoint::Position;
-use crate::config::JsonlSourceConfig;
-use crate::deadletter::{now_ms, DeadLetters};
+use crate::deadletter::now_ms;
 use crate::envelope::Envelope;
 use crate::exit::{fatal, Cause};
 use oplet_sdk::{Event, EventBody, Value};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, BufReader};
+
+/// `[[source]] type = "jsonl"`: owned here, as each source owns its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSourceConfig {
+    pub name: String,
+    /// A file of one JSON event per line, or `-` for standard input.
+    pub path: PathBuf,
+    /// Keep reading as lines are appended (like `tail -f`).
+    #[serde(default)]
+    pub follow: bool,
+}
 
 /// How many leading bytes of the file identify it (fewer while it is shorter).
 const HEAD_MAX: u64 = 64 * 1024;
@@ -305,8 +316,12 @@ fn replaced(path: &Path, cursor: &Cursor) -> Option<String> {
     }
 }
 
-pub async fn run(cfg: JsonlSourceConfig, ctx: SourceContext, dead: Arc<DeadLetters>) -> anyhow::Result<()> {
-    let saved = ctx.resume.as_ref().map(|p| Saved::from_position(&cfg.name, p)).transpose()?;
+pub async fn run(cfg: JsonlSourceConfig, ctx: SourceContext) -> anyhow::Result<()> {
+    let dead = ctx.dead_letters().clone();
+    let position = ctx.resume(&cfg.name)?;
+    // Tickets count from 1 each run; the position says where in the file.
+    let tracker = ctx.tracker(&cfg.name, 1, position.clone());
+    let saved = position.as_ref().map(|p| Saved::from_position(&cfg.name, p)).transpose()?;
     let (mut reader, mut cursor) = resume(&cfg, saved).await?;
     let mut shutdown = ctx.shutdown.clone();
     let mut buf = Vec::new();
@@ -348,7 +363,7 @@ pub async fn run(cfg: JsonlSourceConfig, ctx: SourceContext, dead: Arc<DeadLette
         let bytes = std::mem::take(&mut buf);
         cursor.advance(&bytes);
         ticket_no += 1;
-        let ticket = ctx.tracker.ticket(ticket_no, Some(cursor.position()));
+        let ticket = tracker.ticket(ticket_no, Some(cursor.position()));
         let text = String::from_utf8_lossy(&bytes);
         let trimmed = text.trim();
         if trimmed.is_empty() || trimmed.starts_with("//") {

@@ -18,7 +18,7 @@ mod stream;
 pub mod transcode;
 
 use super::SourceContext;
-use crate::checkpoint::{CheckpointStore, Tracker};
+use crate::checkpoint::Tracker;
 use crate::deadletter::DeadLetters;
 use anyhow::{bail, Context};
 use checkpoints::Checkpoints;
@@ -330,21 +330,6 @@ fn split_namespace(ns: &str) -> Result<(&str, &str), String> {
     }
 }
 
-/// Everything the Mongo source needs from the host. It makes its own trackers
-/// (one per change stream) with `store` and `checkpoint_interval`.
-pub struct MongoContext {
-    pub base: SourceContext,
-    pub store: CheckpointStore,
-    pub checkpoint_interval: Duration,
-    pub dead: Arc<DeadLetters>,
-    /// Pass to `checkpoint::run_saver` for each tracker; turns true at the very end.
-    pub saver_stop: tokio::sync::watch::Receiver<bool>,
-    /// Push each saver task here; the host awaits them after the final flush.
-    pub savers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    /// `[cluster] mode = "leases"`: run only the targets whose lease this host holds.
-    pub cluster: Option<Arc<crate::cluster::Membership>>,
-}
-
 /// One change stream: a collection, a database, or the whole deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -433,7 +418,7 @@ pub(crate) struct Shared {
     pub dead: Arc<DeadLetters>,
 }
 
-pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()> {
+pub async fn run(cfg: MongoSourceConfig, ctx: SourceContext) -> anyhow::Result<()> {
     let name = cfg.name.clone();
     let targets = cfg.targets().with_context(|| format!("source {name:?}"))?;
     let (client, probe) =
@@ -442,7 +427,7 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
             .with_context(|| format!("source {name:?}"))?;
     let mut probes = vec![probe.failed()];
     let store = match cfg.checkpoint.store {
-        StoreKind::Local => Checkpoints::Local(ctx.store.clone()),
+        StoreKind::Local => Checkpoints::Local(ctx.store().clone()),
         StoreKind::Mongo => {
             let ckpt_client = match &cfg.checkpoint.uri {
                 Some(uri) => {
@@ -458,10 +443,11 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
             Checkpoints::mongo(&ckpt_client, db, coll)
         }
     };
-    let shared = Arc::new(Shared { stages: cfg.stages(), cfg, client, tx: ctx.base.tx, dead: ctx.dead });
-    if let Some(membership) = ctx.cluster {
-        let leased = run_leased(shared, targets, store, membership, ctx.checkpoint_interval, ctx.saver_stop, ctx.savers);
-        return leased.run(ctx.base.shutdown).await.with_context(|| format!("source {name:?}"));
+    let shared = Arc::new(Shared { stages: cfg.stages(), cfg, client, tx: ctx.tx.clone(), dead: ctx.dead_letters().clone() });
+    if let Some(membership) = ctx.cluster.clone() {
+        let saving = ctx.saver();
+        let leased = run_leased(shared, targets, store, membership, saving.interval, saving.stop.clone(), saving.savers.clone());
+        return leased.run(ctx.shutdown.clone()).await.with_context(|| format!("source {name:?}"));
     }
 
     // A target that fails stops the others: a source that silently watches only
@@ -470,18 +456,15 @@ pub async fn run(cfg: MongoSourceConfig, ctx: MongoContext) -> anyhow::Result<()
     let mut tasks = tokio::task::JoinSet::new();
     for target in targets {
         let (shared, store, stop) = (shared.clone(), store.clone(), stop_rx.clone());
-        let (interval, saver_stop, savers) = (ctx.checkpoint_interval, ctx.saver_stop.clone(), ctx.savers.clone());
+        let saver = ctx.saver();
         tasks.spawn(async move {
             let label = target.label();
-            let result = watch_target(&shared, target, store, stop, |tracker, store| {
-                let saver = tokio::spawn(crate::checkpoint::run_saver(tracker, store, interval, saver_stop));
-                savers.lock().expect("savers lock").push(saver);
-            })
+            let result = watch_target(&shared, target, store, stop, |tracker, store| saver.save(tracker, store))
             .await;
             result.with_context(|| format!("{label}"))
         });
     }
-    let mut shutdown = ctx.base.shutdown;
+    let mut shutdown = ctx.shutdown.clone();
     let mut stopping = false;
     let mut failure = None;
     // A TLS or not-MongoDB failure before the server ever answered stops the

@@ -167,9 +167,12 @@ pub struct SocketServer {
 }
 
 impl SocketServer {
-    /// Binds and serves. Client events go to `ctx.tx` with tickets from `ctx.tracker`.
-    /// Emits that cannot be delivered go to `dead` with their cause.
-    pub async fn start(cfg: &SocketConfig, ctx: super::SourceContext, dead: Arc<DeadLetters>) -> anyhow::Result<Arc<SocketServer>> {
+    /// Binds and serves. Client events go to `ctx.tx` with tickets from an
+    /// unreplayable tracker (a client event cannot be read again). Emits that
+    /// cannot be delivered go to the dead letters with their cause. Started by
+    /// the host rather than as a `Source` task: it is the emit executor too.
+    pub async fn start(cfg: &SocketConfig, ctx: super::SourceContext) -> anyhow::Result<Arc<SocketServer>> {
+        let dead = ctx.dead_letters().clone();
         let auth = Authenticator::new(cfg.secret.as_deref(), &cfg.tokens);
         if !auth.is_configured() {
             anyhow::bail!(
@@ -194,8 +197,8 @@ impl SocketServer {
             .build_layer();
         let shared = Arc::new(Shared {
             source: cfg.name.clone(),
-            tx: RwLock::new(Some(ctx.tx)),
-            tracker: ctx.tracker,
+            tracker: ctx.unreplayable(&cfg.name),
+            tx: RwLock::new(Some(ctx.tx.clone())),
             seq: AtomicU64::new(1),
             boot: now_ms(),
             auth,
@@ -233,7 +236,7 @@ impl SocketServer {
 
         // Client events stop when the host starts shutting down; emits go on until
         // `shutdown`, because plugins are still draining then.
-        let mut shutdown = ctx.shutdown;
+        let mut shutdown = ctx.shutdown.clone();
         let s2 = shared.clone();
         tokio::spawn(async move {
             while !*shutdown.borrow() {
@@ -319,7 +322,9 @@ impl SocketServer {
         if self.cmds.send(Cmd::Shutdown(done)).await.is_ok() {
             let _ = wait.await;
         }
-        if let Some(t) = self.emitter.lock().expect("emitter lock").take() {
+        // The guard is let go before the await, so shutdown is a `Send` future.
+        let emitter = self.emitter.lock().expect("emitter lock").take();
+        if let Some(t) = emitter {
             let _ = t.await;
         }
         // No `io.close()`: that sends Socket.IO disconnect packets, after which

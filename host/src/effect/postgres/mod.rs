@@ -1,19 +1,19 @@
 //! PostgreSQL executor: row upserts and deletes (and optionally audit records) in
 //! batched transactions.
 //!
-//! Plugin workers queue row operations (`apply`, blocking while the queue is
-//! full). One thread takes them in batches, reads each table's columns from the
-//! catalog once, plans a few multi-row statements (`plan`), and runs them in one
-//! transaction; tickets are dropped after COMMIT returns. A lost connection or
-//! other passing error is retried with backoff on a fresh connection; an
-//! operation PostgreSQL refuses for good (a constraint, a value its column cannot
-//! take) is found by replaying the batch row by row under savepoints and is
-//! dead-lettered alone, while the rest commit. Nothing is dropped silently.
+//! A `BatchSink` (see `batch`): the shared sink thread hands it batches of row
+//! operations; it reads each table's columns from the catalog once, plans a few
+//! multi-row statements (`plan`), and runs them in one transaction, so tickets
+//! are released after COMMIT returns. A lost connection or other passing error
+//! makes the whole batch worth retrying (on a fresh connection); an operation
+//! PostgreSQL refuses for good (a constraint, a value its column cannot take) is
+//! found by replaying the batch row by row under savepoints and is refused alone,
+//! while the rest commit. Nothing is dropped silently.
 
 mod plan;
 mod value;
 
-use super::batch::{next_batch, Backoff, BatchQueue};
+use super::batch::{BatchSink, Batching, Outcome, Queued, SinkHandle};
 use crate::checkpoint::Ticket;
 use crate::deadletter::DeadLetters;
 use crate::envelope::Event;
@@ -21,7 +21,6 @@ use oplet_sdk::{Map, Value};
 use plan::{quote_table, Column, Op, OpKind, Refusal, Statement, TableInfo};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
-use super::batch::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -73,23 +72,27 @@ pub struct PostgresConfig {
     pub tls: TlsConfig,
 }
 
+/// Batching defaults: transactions of many rows; a bigger queue to cover them.
+const DEFAULTS: Batching =
+    Batching { batch_max: 1000, batch_ms: 5, queue: 8192, retries: 10, backoff_ms: 100, backoff_max_ms: 5_000 };
+
 fn default_batch_max() -> usize {
-    1000
+    DEFAULTS.batch_max
 }
 fn default_batch_ms() -> u64 {
-    5
+    DEFAULTS.batch_ms
 }
 fn default_queue() -> usize {
-    8192
+    DEFAULTS.queue
 }
 fn default_retries() -> u32 {
-    10
+    DEFAULTS.retries
 }
 fn default_backoff_ms() -> u64 {
-    100
+    DEFAULTS.backoff_ms
 }
 fn default_backoff_max_ms() -> u64 {
-    5_000
+    DEFAULTS.backoff_max_ms
 }
 fn default_connect_timeout_ms() -> u64 {
     5_000
@@ -101,20 +104,33 @@ fn default_timeout_ms() -> u64 {
 impl PostgresConfig {
     /// A config with every default, for `url`.
     pub fn new(url: &str) -> PostgresConfig {
+        let d = DEFAULTS;
         PostgresConfig {
             url: url.to_string(),
-            batch_max: default_batch_max(),
-            batch_ms: default_batch_ms(),
-            queue: default_queue(),
-            retries: default_retries(),
-            backoff_ms: default_backoff_ms(),
-            backoff_max_ms: default_backoff_max_ms(),
+            batch_max: d.batch_max,
+            batch_ms: d.batch_ms,
+            queue: d.queue,
+            retries: d.retries,
+            backoff_ms: d.backoff_ms,
+            backoff_max_ms: d.backoff_max_ms,
             connect_timeout_ms: default_connect_timeout_ms(),
             timeout_ms: default_timeout_ms(),
             audit_table: None,
             password: None,
             password_file: None,
             tls: TlsConfig::default(),
+        }
+    }
+
+    /// The keys the shared batching sink reads.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            batch_max: self.batch_max,
+            batch_ms: self.batch_ms,
+            queue: self.queue,
+            retries: self.retries,
+            backoff_ms: self.backoff_ms,
+            backoff_max_ms: self.backoff_max_ms,
         }
     }
 }
@@ -139,16 +155,8 @@ impl From<RowOp> for Op {
     }
 }
 
-struct Item {
-    plugin: String,
-    event: Arc<Event>,
-    op: Op,
-    /// Held, never read: dropping it after COMMIT marks the event done.
-    _ticket: Ticket,
-}
-
 pub struct PostgresHandle {
-    queue: BatchQueue<Item>,
+    sink: SinkHandle<Op>,
     audit_table: Option<String>,
 }
 
@@ -174,10 +182,9 @@ impl PostgresHandle {
             conn: None,
             tables: HashMap::new(),
             missing: HashSet::new(),
-            dead: dead.clone(),
         };
-        let queue = BatchQueue::start("oplet-postgres", cfg.queue, move |rx| sink.run(rx))?;
-        Ok(PostgresHandle { queue, audit_table: cfg.audit_table.clone() })
+        let sink = SinkHandle::start("oplet-postgres", sink, cfg.batching(), dead)?;
+        Ok(PostgresHandle { sink, audit_table: cfg.audit_table.clone() })
     }
 
     /// Queues one row operation; blocks while the executor is behind. The ticket
@@ -212,22 +219,13 @@ impl PostgresHandle {
     }
 
     fn send(&self, plugin: &str, event: &Arc<Event>, op: Op, ticket: Ticket) {
-        let item = Item { plugin: plugin.to_string(), event: event.clone(), op, _ticket: ticket };
-        if let Err(item) = self.queue.send(item) {
-            // Only at shutdown: the event stays unsaved and is replayed on the next start.
-            tracing::error!(plugin, seq = event.seq, "PostgreSQL executor has stopped; row operation not applied: the event is held (not checkpointed)");
-            item._ticket.hold();
-        }
+        self.sink.send(plugin, event, op, ticket);
     }
 
     /// Applies what is queued, then stops.
     pub async fn shutdown(&self) {
-        self.queue.close().await;
+        self.sink.shutdown().await;
     }
-}
-
-fn stage(plugin: &str) -> String {
-    format!("sink:postgres ({plugin})")
 }
 
 struct Conn {
@@ -247,7 +245,6 @@ struct Sink {
     tables: HashMap<String, TableInfo>,
     /// Tables looked up and not found.
     missing: HashSet<String>,
-    dead: Arc<DeadLetters>,
 }
 
 impl Conn {
@@ -266,37 +263,53 @@ impl Conn {
 /// A failure of the whole attempt that is worth retrying.
 struct Transient(String);
 
-impl Sink {
-    fn run(mut self, rx: Receiver<Item>) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!("PostgreSQL executor cannot start its runtime: {e}; every row operation will be dead-lettered");
-                while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), Duration::ZERO) {
-                    self.give_up(batch, &format!("PostgreSQL executor has no runtime: {e}"));
-                }
-                return;
-            }
-        };
-        let ready = rt.block_on(async {
-            self.connect().await?;
-            // The audit table is there from the start, not from the first record.
-            match self.cfg.audit_table.clone() {
-                Some(t) => self.ensure_audit_table(&quote_table(&t).expect("checked by start")).await,
-                None => Ok(()),
-            }
-        });
-        if let Err(Transient(e)) = ready {
-            tracing::warn!("PostgreSQL is not reachable yet ({e}); row operations will wait and retry");
-        }
-        let window = Duration::from_millis(self.cfg.batch_ms);
-        while let Some(batch) = next_batch(&rx, self.cfg.batch_max.max(1), window) {
-            let (n, t) = (batch.len(), std::time::Instant::now());
-            rt.block_on(self.apply(batch));
-            crate::metrics::sink_batch("postgres", n, t.elapsed());
+impl BatchSink for Sink {
+    type Op = Op;
+    const STORE: &'static str = "PostgreSQL";
+    const STAGE: &'static str = "sink:postgres";
+    const ITEMS: &'static str = "row operation(s)";
+    const METRIC: &'static str = "postgres";
+    const EFFECT: &'static str = "row";
+
+    async fn warm_up(&mut self) -> Result<(), String> {
+        self.connect().await.map_err(|Transient(e)| e)?;
+        // The audit table is there from the start, not from the first record.
+        match self.cfg.audit_table.clone() {
+            Some(t) => self.ensure_audit_table(&quote_table(&t).expect("checked by start")).await.map_err(|Transient(e)| e),
+            None => Ok(()),
         }
     }
 
+    /// The whole batch in one transaction: committed but for the operations
+    /// refused for good, or (a passing failure) all to be tried again.
+    async fn attempt(&mut self, batch: &[Queued<Op>]) -> Vec<Outcome> {
+        let limit = Duration::from_millis(self.cfg.timeout_ms);
+        let result = match tokio::time::timeout(limit, self.transaction(batch)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A connection that does not answer is not trusted again.
+                self.conn = None;
+                Err(Transient(format!("no answer within {limit:?}")))
+            }
+        };
+        match result {
+            Ok(refused) => {
+                let mut outcomes = vec![Outcome::Done; batch.len()];
+                for r in refused {
+                    outcomes[r.op] = Outcome::Refused(r.error);
+                }
+                outcomes
+            }
+            Err(Transient(e)) => vec![Outcome::Retry(e); batch.len()],
+        }
+    }
+
+    fn describe(op: &Op) -> String {
+        format!("{:?} on {}", op.kind, op.table)
+    }
+}
+
+impl Sink {
     async fn connect(&mut self) -> Result<&mut Conn, Transient> {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.conn = None;
@@ -327,52 +340,9 @@ impl Sink {
         Ok(self.conn.as_mut().expect("just connected"))
     }
 
-    /// Applies a batch: every operation is committed, or dead-lettered with its
-    /// error.
-    async fn apply(&mut self, batch: Vec<Item>) {
-        let backoff = Backoff::new(self.cfg.retries, self.cfg.backoff_ms, self.cfg.backoff_max_ms);
-        let mut attempt = 0;
-        loop {
-            let limit = Duration::from_millis(self.cfg.timeout_ms);
-            let result = match tokio::time::timeout(limit, self.attempt(&batch)).await {
-                Ok(result) => result,
-                Err(_) => {
-                    // A connection that does not answer is not trusted again.
-                    self.conn = None;
-                    Err(Transient(format!("no answer within {limit:?}")))
-                }
-            };
-            match result {
-                Ok(refused) => {
-                    crate::metrics::effects("row", "applied", (batch.len() - refused.len()) as u64);
-                    crate::metrics::effects("row", "dead_lettered", refused.len() as u64);
-                    for r in refused {
-                        let item = &batch[r.op];
-                        tracing::error!(plugin = %item.plugin, seq = item.event.seq, table = %item.op.table, "PostgreSQL refused a row operation: {}; dead-lettered", r.error);
-                        self.dead.record_held(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {}", item.op.kind, item.op.table, r.error), &item._ticket);
-                    }
-                    return; // dropping the batch releases the tickets: committed
-                }
-                Err(Transient(e)) => {
-                    attempt += 1;
-                    let Some(delay) = backoff.delay(attempt) else {
-                        self.give_up(batch, &format!("PostgreSQL still failing after {} retries: {e}", self.cfg.retries));
-                        return;
-                    };
-                    tracing::warn!(
-                        "PostgreSQL: a batch of {} row operation(s) failed: {e}; retry {attempt}/{} in {delay:?}",
-                        batch.len(),
-                        self.cfg.retries
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
     /// One try at the whole batch. `Ok` holds the operations refused for good
     /// (everything else is committed); `Err` means nothing is, try again.
-    async fn attempt(&mut self, batch: &[Item]) -> Result<Vec<Refusal>, Transient> {
+    async fn transaction(&mut self, batch: &[Queued<Op>]) -> Result<Vec<Refusal>, Transient> {
         self.connect().await?;
         let ops: Vec<&Op> = batch.iter().map(|i| &i.op).collect();
         let (statements, mut refused) = self.plan(&ops).await?;
@@ -581,14 +551,6 @@ impl Sink {
         }
         tx.commit().await.map_err(t)?;
         Ok(refused)
-    }
-
-    fn give_up(&self, items: Vec<Item>, error: &str) {
-        crate::metrics::effects("row", "dead_lettered", items.len() as u64);
-        tracing::error!("{error}; dead-lettering {} row operation(s)", items.len());
-        for item in items {
-            self.dead.record_held(&stage(&item.plugin), &item.event, &format!("{:?} on {}: {error}", item.op.kind, item.op.table), &item._ticket);
-        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! Under `[cluster] mode = "leases"` each write also carries the lease's `epoch`
 //! and `owner`, and is refused when the document holds a newer epoch (fencing).
 
-use super::retry::{self, Backoff, Failure};
+use super::retry::{self, Failure};
 use super::ReconnectConfig;
 use crate::checkpoint::{CheckpointStore, Position, PositionStore};
 use crate::cluster::Fence;
@@ -148,7 +148,7 @@ pub async fn load_with_retry(
     reconnect: &ReconnectConfig,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Option<Position>>> {
-    let mut backoff = Backoff::new(reconnect);
+    let mut backoff = reconnect.backoff();
     loop {
         let failure = tokio::select! {
             r = store.load(key) => r,

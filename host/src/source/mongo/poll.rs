@@ -10,7 +10,7 @@
 
 use super::checkpoints::{poll_position, position_poll};
 use super::feed::Feed;
-use super::retry::{self, Backoff, Failure};
+use super::retry::{self, Failure};
 use super::Shared;
 use crate::checkpoint::Position;
 use super::transcode::{self, ChangeHeader, Parts};
@@ -44,7 +44,7 @@ pub async fn run(
     if saved.is_some() && after.is_none() {
         tracing::warn!(source = %feed.source(), stream = %feed.label(), "the saved position is not a polling position (it is a change-stream token); polling starts from now");
     }
-    let mut backoff = Backoff::new(&shared.cfg.reconnect);
+    let mut backoff = shared.cfg.reconnect.backoff();
     let mut down_since: Option<Instant> = None;
     loop {
         let query = async {

@@ -3,10 +3,11 @@
 //! `classify` sorts errors into the four outcomes the stream and poll loops act
 //! on: history lost (follow the policy, never retry), change streams unsupported
 //! (fall back to polling), transient (reconnect with backoff) and fatal (stop and
-//! say why). `Backoff` is exponential with jitter, so many hosts do not reconnect
-//! in step after an outage.
+//! say why). The reconnection schedule is the host's one `Backoff`, jittered, so
+//! many hosts do not reconnect in step after an outage.
 
 use super::ReconnectConfig;
+use crate::backoff::Backoff;
 use mongodb::error::{Error, ErrorKind};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -78,35 +79,11 @@ pub fn describe(e: &Error) -> String {
     }
 }
 
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(cfg: &ReconnectConfig) -> Backoff {
-        let initial = Duration::from_millis(cfg.initial_ms.max(1));
-        Backoff { initial, max: Duration::from_millis(cfg.max_ms).max(initial), attempt: 0 }
-    }
-
-    /// Failed attempts since the last success.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The next delay: `initial * 2^attempt`, capped at `max`, then a random point
-    /// in its upper half ("equal jitter": never much sooner than planned).
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << self.attempt.min(20));
-        let ceiling = exp.min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(jitter())
+impl ReconnectConfig {
+    /// The reconnection schedule: the host's one `Backoff`, unlimited and
+    /// jittered so many hosts do not reconnect in step after an outage.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::from_ms(self.initial_ms.max(1), self.max_ms).jittered()
     }
 }
 
@@ -116,14 +93,6 @@ pub async fn sleep_unless_stopped(delay: Duration, stop: &mut watch::Receiver<bo
         _ = tokio::time::sleep(delay) => true,
         _ = stop.wait_for(|s| *s) => false,
     }
-}
-
-/// A number in [0, 1) that differs between calls and between processes.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -174,15 +143,13 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_to_its_ceiling_with_jitter_in_the_upper_half() {
-        let mut b = Backoff::new(&ReconnectConfig { initial_ms: 100, max_ms: 1000 });
-        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        for (i, d) in delays.iter().enumerate() {
-            let planned = Duration::from_millis((100u64 << i).min(1000));
-            assert!(*d >= planned / 2 && *d <= planned, "attempt {i}: {d:?} not in [{:?}, {planned:?}]", planned / 2);
+    fn reconnection_backoff_is_jittered_and_never_limited() {
+        let mut b = ReconnectConfig { initial_ms: 100, max_ms: 1000 }.backoff();
+        assert_eq!(b.retries(), None);
+        for _ in 0..30 {
+            let d = b.next_delay();
+            assert!(d >= Duration::from_millis(500) / 10 && d <= Duration::from_millis(1000), "{d:?}");
         }
-        assert_eq!(b.attempts(), 8);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+        assert_eq!(b.attempts(), 30);
     }
 }

@@ -10,7 +10,7 @@
 //! applied `_id`. A backfill keeps its own position under its own key.
 
 use super::feed::Feed;
-use super::retry::{self, Backoff, Failure};
+use super::retry::{self, Failure};
 use super::Shared;
 use super::transcode::{self, ChangeHeader, Parts};
 use crate::checkpoint::Position;
@@ -196,7 +196,7 @@ async fn capture(
     feed: &Feed,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Captured>> {
-    let mut backoff = Backoff::new(&shared.cfg.reconnect);
+    let mut backoff = shared.cfg.reconnect.backoff();
     let saved = token.as_ref().and_then(super::checkpoints::resume_token_position).map(|p| p["token"].clone());
     loop {
         let mut options = mongodb::options::ChangeStreamOptions::default();
@@ -273,7 +273,7 @@ async fn read_all(
     let coll = shared.client.database(read.db).collection::<RawDocumentBuf>(read.coll);
     let total = estimate(&shared.client, read, feed, stop).await;
     let mut progress = Progress::new(feed.source(), &label, total, done, cfg.snapshot_progress_ms, read.bar);
-    let mut backoff = Backoff::new(&cfg.reconnect);
+    let mut backoff = cfg.reconnect.backoff();
     loop {
         let filter = query(read.filter, after.as_ref());
         let find = coll.find(filter).sort(doc! { "_id": 1 }).batch_size(cfg.snapshot_batch);

@@ -10,7 +10,7 @@
 use super::checkpoints::{position_token, resume_token_position};
 use super::convert::Converter;
 use super::feed::Feed;
-use super::retry::{self, Backoff, Failure};
+use super::retry::{self, Failure};
 use super::{BeforeChange, FullDocument, OnHistoryLost, Shared, Target};
 use crate::checkpoint::Position;
 use mongodb::bson::{Document, RawDocumentBuf};
@@ -38,7 +38,7 @@ pub async fn run(
     let cfg = &shared.cfg;
     let mut not_a_token = saved.as_ref().filter(|p| position_token(p).is_none());
     let mut conv = Converter::new(feed.source(), target);
-    let mut backoff = Backoff::new(&cfg.reconnect);
+    let mut backoff = cfg.reconnect.backoff();
     let mut down_since: Option<Instant> = None;
     let mut idle = IdlePause::new(cfg.max_await_ms, cfg.idle_pause_min_ms, cfg.idle_pause_max_ms);
     // After a lost history, the next stream starts from now whatever was read before.

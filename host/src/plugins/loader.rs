@@ -4,7 +4,7 @@
 //! never delays the load of another, nor a fix for a third.
 
 use super::reload::{PluginFiles, Wake};
-use super::{PluginCode, Runtime};
+use crate::runtime::{PluginCode, Runtime};
 use crate::config::Config;
 use crate::manifest::Manifest;
 use std::sync::mpsc::{channel, Receiver, Sender};

@@ -10,7 +10,7 @@
 //! manifest renamed in ahead of it; a manifest changed alone waits for that.
 
 use super::loader::{Loaded, Loader};
-use super::{CompileBudget, Limits, PluginCode, Runtime};
+use crate::runtime::{CompileBudget, Limits, LoadError, PluginCode, Runtime};
 use crate::config::Config;
 use crate::manifest::Manifest;
 use crate::router::Registry;
@@ -209,7 +209,7 @@ impl PluginDir {
                 let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
                 if size > limit {
                     let stamp = format!("size:{size}:{:?}", meta.modified().ok());
-                    let why = super::LoadError::TooLarge { size, limit };
+                    let why = LoadError::TooLarge { size, limit };
                     self.refuse(&name, stamp, &format!("{}: {why}", wasm_path.display()));
                     continue;
                 }
