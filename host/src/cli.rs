@@ -252,6 +252,11 @@ fn abort_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
+        if crate::host::FINISHED.load(std::sync::atomic::Ordering::SeqCst) {
+            // Seen with the MongoDB driver's pool task as the runtime is dropped.
+            eprintln!("oplet: a background task panicked after the host stopped (ignored: every checkpoint was already written)");
+            return;
+        }
         eprintln!("oplet: internal error (a bug); aborting so that no unfinished event is checkpointed");
         std::process::abort();
     }));

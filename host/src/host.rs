@@ -213,9 +213,15 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     if dead.count() > 0 {
         tracing::warn!(path = %dead.path().display(), "{} event(s) were dead-lettered in this run", dead.count());
     }
+    FINISHED.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!("stopped");
     Ok(outcome)
 }
+
+/// True once every event taken in is done or held and the last checkpoint is
+/// written: a panic after this (a driver's background task torn down with the
+/// runtime) can no longer checkpoint past unfinished work.
+pub static FINISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `now + d`, or a moment too far to matter when that does not fit (a huge timeout).
 fn far_or(d: Duration) -> tokio::time::Instant {

@@ -53,7 +53,7 @@ fn the_readme_configuration_reference_parses() {
     let section = readme.split("## Configuration reference").nth(1).expect("README has a configuration reference");
     let block = section.split("```toml").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
     Config::parse(block, &[], Path::new("/srv/oplet")).unwrap_or_else(|e| panic!("README config block: {e:#}"));
-    let manifest = readme.split("**3. Write the manifest**").nth(1).unwrap();
+    let manifest = readme.split("The manifest (`order-audit.toml`)").nth(1).expect("README's Write a plugin shows the manifest");
     let block = manifest.split("```toml").nth(1).and_then(|b| b.split("```").next()).unwrap();
     Manifest::from_toml(block, Path::new("README.md")).unwrap_or_else(|e| panic!("README manifest: {e:#}"));
 }

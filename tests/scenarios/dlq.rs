@@ -151,11 +151,16 @@ async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
 
     // A replay killed between its claim and its outcome leaves exactly a fsynced
     // `claimed` mark: that letter is in doubt, and only `--id ID --again` runs it.
+    // The failing module again, so that `e` becomes a dead letter.
+    assert!(oplet.terminate().unwrap().success());
+    host.install("faulty", "1.0.2");
+    let mut oplet = Oplet::start(&host.path().join("oplet.toml"));
+    oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
     host.append("e", Some("error"));
     wait_until("the next failure", &oplet, || host.oplet(&["dlq", "list", "--json", "--cause", "refused on purpose"]).1.contains("\"e\""))
         .await;
     assert!(oplet.terminate().unwrap().success());
-    host.install("echo", "1.0.2");
+    host.install("echo", "1.0.3");
     let (_, out, _) = host.oplet(&["dlq", "list", "--json", "--since", "1h"]);
     let e_id = out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| v["event_id"] == "e").unwrap()["id"].as_str().unwrap().to_string();
     let mut marks = std::fs::OpenOptions::new().append(true).open(host.path().join("state/dead-letters.replays.jsonl")).unwrap();
@@ -166,6 +171,6 @@ async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
     assert_eq!(host.audited("e"), 0);
     let (code, out, _) = host.oplet(&["dlq", "replay", "--id", &e_id, "--again"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("{e_id}: replayed through p v1.0.2")), "{out}");
+    assert!(out.contains(&format!("{e_id}: replayed through p v1.0.3")), "{out}");
     assert_eq!(host.audited("e"), 1);
 }

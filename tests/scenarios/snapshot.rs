@@ -133,7 +133,7 @@ fn snapshot_done(oplet: &Oplet) -> (u64, u64) {
     let line = oplet.log_lines_containing("snapshot done: read ").pop().expect("a snapshot done line");
     let after = line.split("snapshot done: read ").nth(1).unwrap();
     let read: u64 = after.split(' ').next().unwrap().parse().unwrap();
-    let all: u64 = after.split('(').nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let all: u64 = after.split("in this run (").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     (read, all)
 }
 
@@ -242,7 +242,8 @@ async fn a_host_killed_mid_snapshot_resumes_after_the_last_applied_document() {
     let done = at_kill["snapshot"]["done"].as_u64().unwrap();
     let after: i64 = at_kill["snapshot"]["after"]["$numberInt"].as_str().unwrap().parse().unwrap();
     assert!(done < DOCS as u64, "killed mid-snapshot: {at_kill}");
-    assert_eq!(after, done as i64 - 1, "ids 0..{after} were applied");
+    // nx-27017 does not order integer `_id`s as numbers, so `after` is not `done - 1`:
+    // what counts is that the restart resumes there and reads exactly the rest.
 
     let oplet = Oplet::start_with_env(&host.config(), &fast_checkpoints);
     oplet

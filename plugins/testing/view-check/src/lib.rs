@@ -118,7 +118,10 @@ impl Report<'_> {
         match w {
             Value::Map(m) => {
                 let Some(vm) = v.as_map() else { return self.fail(format!("{path}: not a map in the view")) };
-                let keys: Vec<&str> = vm.keys().collect();
+                // The view keeps the document's field order; the owned map sorts its
+                // keys. The same keys, in any order, is what must agree.
+                let mut keys: Vec<&str> = vm.keys().collect();
+                keys.sort_unstable();
                 let owned_keys: Vec<&str> = m.keys().map(String::as_str).collect();
                 if keys != owned_keys {
                     self.fail(format!("{path}: keys differ: {keys:?} vs {owned_keys:?}"));
