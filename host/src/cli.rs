@@ -376,6 +376,10 @@ fn backfill(config_path: &Path, plugin: &str, collection: Option<&str>, filter: 
     }
     config.sources = sources;
     config.socket = None;
+    // Beside a running host: its admin port is taken, and its leases are its own
+    // (a backfill reads what exists; it owns no stream).
+    config.admin = None;
+    config.cluster = crate::cluster::ClusterConfig::default();
     config.plugins.dir = only;
     config.plugins.watch = false;
     config.audit.path = Some(state.join("audit.jsonl"));
