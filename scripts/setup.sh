@@ -106,4 +106,26 @@ else
     (cd pdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The Socket.IO browser client the browser scenario serves to a page, pinned by
+# tests/support/browser/package-lock.json.
+if [ -f tests/support/browser/node_modules/socket.io-client/dist/socket.io.min.js ]; then
+    say "socket.io-client (tests/support/browser): present"
+else
+    say "npm ci in tests/support/browser (the socket.io-client browser bundle)"
+    (cd tests/support/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Headless Chromium (the browser scenario loads a page from another origin in it)
+# and openssl (the TLS scenario makes a throwaway CA with it).
+if command -v chromium >/dev/null 2>&1; then
+    say "chromium: $(command -v chromium)"
+else
+    apt_install chromium
+fi
+if command -v openssl >/dev/null 2>&1; then
+    say "openssl: $(command -v openssl)"
+else
+    apt_install openssl
+fi
+
 say "done"
