@@ -113,6 +113,15 @@ else
     (cd pdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The Socket.IO browser client the browser scenario serves to a page, pinned by
+# tests/support/browser/package-lock.json.
+if [ -f tests/support/browser/node_modules/socket.io-client/dist/socket.io.min.js ]; then
+    say "socket.io-client (tests/support/browser): present"
+else
+    say "npm ci in tests/support/browser (the socket.io-client browser bundle)"
+    (cd tests/support/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # openssl: the TLS scenario (tests/scenarios/tls.rs) makes a throwaway CA with it.
 if command -v openssl >/dev/null 2>&1; then
     say "openssl: $(command -v openssl)"

@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod holds;
+mod origins;
 
 use crate::checkpoint::{Ticket, Tracker};
 use crate::deadletter::{now_ms, DeadLetters};
@@ -21,7 +22,7 @@ use holds::Holds;
 use crate::envelope::Event;
 use oplet_sdk::{EmitTarget, EventBody, SocketEvent, Value};
 use serde::{Deserialize, Serialize};
-use socketioxide::extract::{Event as EventName, SocketRef, TryData};
+use socketioxide::extract::{AckSender, Event as EventName, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
@@ -42,7 +43,17 @@ pub struct SocketConfig {
     pub listen: String,
     /// Shared secret: a client's token is the hex HMAC-SHA256 of its uuid under it.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<crate::effect::secrets::Secret>,
+    /// A file whose first line is the secret (a mounted secret), instead of `secret`.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Browser origins (`https://app.example.com`, scheme and port as the browser
+    /// sends them) whose pages may connect: CORS answers for them, and a request
+    /// (polling or WebSocket upgrade) from any other origin is refused with 403.
+    /// `["*"]`: every origin. Empty (default): no browser page may connect;
+    /// clients that send no `Origin` (servers, apps) are not affected.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
     /// Per-client tokens, uuid → token (checked before `secret`).
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -109,6 +120,10 @@ fn named_room(name: &str) -> String {
 #[derive(Debug, Default, Serialize)]
 pub struct SocketStats {
     pub connected: AtomicU64,
+    /// Requests refused because their `Origin` is not in `cors_origins`.
+    pub refused_origins: AtomicU64,
+    /// Connections to a namespace other than `/`, refused.
+    pub refused_namespaces: AtomicU64,
     pub connects: AtomicU64,
     pub refused_connects: AtomicU64,
     pub events_in: AtomicU64,
@@ -173,14 +188,17 @@ impl SocketServer {
     /// the host rather than as a `Source` task: it is the emit executor too.
     pub async fn start(cfg: &SocketConfig, ctx: super::SourceContext) -> anyhow::Result<Arc<SocketServer>> {
         let dead = ctx.dead_letters().clone();
-        let auth = Authenticator::new(cfg.secret.as_deref(), &cfg.tokens);
+        let secret = crate::effect::secrets::password("socket", cfg.secret.as_ref(), cfg.secret_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("password", "secret")))?;
+        let origins = origins::Origins::new(&cfg.cors_origins)?;
+        let auth = Authenticator::new(secret.as_ref().map(|s| s.expose()), &cfg.tokens);
         if !auth.is_configured() {
             anyhow::bail!(
                 "[socket] has no way to authenticate clients: set `secret` (tokens are HMAC-SHA256 of the uuid) \
                  or list tokens in [socket.tokens]"
             );
         }
-        if cfg.secret.as_deref().is_some_and(|s| s.len() < 16) {
+        if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
             anyhow::bail!("[socket] secret is shorter than 16 bytes; use a long random value (e.g. `openssl rand -hex 32`)");
         }
         if cfg.client_queue == 0 || cfg.max_payload_kb == 0 {
@@ -208,6 +226,7 @@ impl SocketServer {
             cmds: cmds.clone(),
         });
         register(&io, shared.clone());
+        refuse_other_namespaces(&io, shared.clone());
 
         let listener = tokio::net::TcpListener::bind(&cfg.listen).await.map_err(|e| {
             crate::exit::fatal(
@@ -223,7 +242,11 @@ impl SocketServer {
                 async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], serde_json::to_string(&*stats).unwrap_or_default()) }
             })
         };
-        let app = axum::Router::new().route("/socket/stats", stats_route).layer(layer);
+        let app = axum::Router::new()
+            .route("/socket/stats", stats_route)
+            .layer(layer)
+            .layer(origins.cors_layer())
+            .layer(axum::middleware::from_fn(origins::check(origins.clone(), cfg.name.clone(), stats.clone())));
         let (stop_http, stop_rx) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -395,6 +418,38 @@ fn register(io: &SocketIo, shared: Arc<Shared>) {
     io.ns("/", handler.with(middleware));
 }
 
+/// Every namespace but `/` is refused: the client gets a connect_error saying
+/// so, the refusal is logged and counted. The namespace object the router made
+/// for the attempt is deleted again, so made-up paths cannot pile up.
+fn refuse_other_namespaces(io: &SocketIo, shared: Arc<Shared>) {
+    let io2 = io.clone();
+    let refuse = move |s: SocketRef| {
+        let shared = shared.clone();
+        let io = io2.clone();
+        async move {
+            let ns = s.ns().to_string();
+            let n = bump(&shared.stats.refused_namespaces);
+            tracing::warn!(source = %shared.source, refused_total = n, "socket: connection to namespace {ns:?} refused: this server serves only \"/\"");
+            tokio::spawn(async move { io.delete_ns(ns) });
+            Err::<(), _>(NamespaceRefused)
+        }
+    };
+    let handler = |_: SocketRef| async {};
+    if let Err(e) = io.dyn_ns("/{*rest}", handler.with(refuse)) {
+        tracing::error!("socket: cannot install the refusal of other namespaces: {e}");
+    }
+}
+
+/// The connect_error a client on another namespace receives.
+#[derive(Debug)]
+struct NamespaceRefused;
+
+impl std::fmt::Display for NamespaceRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("namespace refused: this server serves only \"/\"; connect with io(url), not io(url + \"/name\")")
+    }
+}
+
 impl Shared {
     fn rooms_of(&self, uuid: &str) -> Vec<String> {
         let mut rooms = vec![client_room(uuid)];
@@ -423,28 +478,32 @@ fn connected(shared: &Arc<Shared>, s: &SocketRef, uuid: String) {
     let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Not an async closure: the body runs as each message is read, so events keep
     // the client's order and a full queue refuses at once instead of piling up tasks.
-    s.on_fallback(move |EventName(name): EventName, TryData(payload): TryData<Value>| {
-        let refuse = |why: String| {
+    // A client that asks for an acknowledgement (`emitWithAck`, or a callback as
+    // the last argument) gets `{ok: true}` once the event is queued into the host
+    // (not yet handled by plugins), or `{ok: false, error}` when it is refused.
+    s.on_fallback(move |EventName(name): EventName, TryData(payload): TryData<Value>, ack: AckSender| {
+        let outcome = if name.len() > MAX_EVENT_NAME {
+            Err(format!("event name is longer than {MAX_EVENT_NAME} bytes"))
+        } else {
+            match payload {
+                Err(e) => Err(format!("event {name:?} payload is not valid: {e}")),
+                Ok(payload) => match queue.try_send((name, payload)) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full((name, _))) => Err(format!(
+                        "event {name:?}: {} events already wait to enter the host ([socket] client_queue)",
+                        for_events.client_queue
+                    )),
+                    Err(mpsc::error::TrySendError::Closed((name, _))) => Err(format!("event {name:?}: connection closing")),
+                },
+            }
+        };
+        if let Err(why) = &outcome {
             bump(&for_events.stats.events_refused);
             if !warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(source = %for_events.source, client = %client, "socket: client event refused: {why} (further refusals for this connection are only counted)");
             }
-        };
-        if name.len() > MAX_EVENT_NAME {
-            refuse(format!("event name is longer than {MAX_EVENT_NAME} bytes"));
-        } else {
-            match payload {
-                Err(e) => refuse(format!("event {name:?} payload is not valid: {e}")),
-                Ok(payload) => match queue.try_send((name, payload)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full((name, _))) => refuse(format!(
-                        "event {name:?}: {} events already wait to enter the host ([socket] client_queue)",
-                        for_events.client_queue
-                    )),
-                    Err(mpsc::error::TrySendError::Closed((name, _))) => refuse(format!("event {name:?}: connection closing")),
-                },
-            }
         }
+        ack_reply(ack, outcome.as_ref().map(|_| ()).map_err(String::as_str));
         std::future::ready(())
     });
     let uuid_for_rooms = uuid.clone();
@@ -466,6 +525,18 @@ fn connected(shared: &Arc<Shared>, s: &SocketRef, uuid: String) {
         tokio::spawn(async move {
             let _ = cmds.send(Cmd::Online(rooms)).await;
         });
+    }
+}
+
+/// Answers a client's acknowledgement request (a no-op when it asked for none).
+/// A failed send means the client is gone: nothing to tell it then.
+fn ack_reply(ack: AckSender, outcome: Result<(), &str>) {
+    let reply = match outcome {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(why) => serde_json::json!({"ok": false, "error": why}),
+    };
+    if let Err(e) = ack.send(&reply) {
+        tracing::debug!("socket: acknowledgement not sent (client gone): {e}");
     }
 }
 
