@@ -25,21 +25,10 @@ impl Redis {
     pub fn start() -> Redis {
         require(Service::Redis);
         let started = Instant::now();
-        let dir = crate::temp_dir();
         let port = crate::free_port();
-        let log = dir.path().join("redis.log");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn(cmd).expect("spawn redis-server");
-        let mut redis = Redis { dir, port, child };
+        let (mut redis, log) = Redis::launch(port, |cmd| {
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        });
         let ready = wait_until(Duration::from_secs(15), || {
             redis.exited() || ping(port).is_ok()
         });
@@ -58,28 +47,17 @@ impl Redis {
     /// its TLS port takes connections and the log says it is ready.
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path, password: &str) -> Redis {
         require(Service::Redis);
-        let dir = crate::temp_dir();
         let port = crate::free_port();
-        let log = dir.path().join("redis.log");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--tls-cert-file")
-            .arg(cert)
-            .arg("--tls-key-file")
-            .arg(key)
-            .arg("--tls-ca-cert-file")
-            .arg(ca)
-            .args(["--tls-auth-clients", "yes", "--requirepass", password])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn(cmd).expect("spawn redis-server");
-        let mut redis = Redis { dir, port, child };
+        let (mut redis, log) = Redis::launch(port, |cmd| {
+            cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "yes", "--requirepass", password]);
+        });
         let ready = wait_until(Duration::from_secs(15), || {
             redis.exited()
                 || (TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -89,6 +67,26 @@ impl Redis {
             panic!("redis-server (TLS) on 127.0.0.1:{port} did not start (does this build have TLS?):\n{}", tail(&log, 40));
         }
         redis
+    }
+
+    /// Spawns `redis-server` in a folder of its own with the listening arguments
+    /// `listen` adds, no persistence, in the foreground, logging to the folder's
+    /// `redis.log` (returned, for readiness checks and failure messages).
+    fn launch(port: u16, listen: impl FnOnce(&mut Command)) -> (Redis, std::path::PathBuf) {
+        let dir = crate::temp_dir();
+        let log = dir.path().join("redis.log");
+        let mut cmd = Command::new("redis-server");
+        listen(&mut cmd);
+        cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn(cmd).expect("spawn redis-server");
+        (Redis { dir, port, child }, log)
     }
 
     /// The TCP port on 127.0.0.1.
