@@ -54,6 +54,12 @@ pub struct StreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseChangeLabel {
+    pub source: String,
+    pub change: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginStateLabel {
     pub plugin: String,
     pub state: String,
@@ -75,6 +81,8 @@ pub struct Metrics {
     pub plugin_queue_depth: Family<PluginLabel, Gauge>,
     pub plugin_state: Family<PluginStateLabel, Gauge>,
     pub plugin_dead_lettered: Family<PluginLabel, Gauge>,
+    pub lease_held: Family<StreamLabel, Gauge>,
+    pub lease_changes: Family<LeaseChangeLabel, Counter>,
     pub reloads: Counter,
     pub reloads_refused: Counter,
     pub dead_letters: Gauge,
@@ -113,6 +121,8 @@ impl Metrics {
             plugin_queue_depth: Family::default(),
             plugin_state: Family::default(),
             plugin_dead_lettered: Family::default(),
+            lease_held: Family::default(),
+            lease_changes: Family::default(),
             reloads: Counter::default(),
             reloads_refused: Counter::default(),
             dead_letters: Gauge::default(),
@@ -135,6 +145,8 @@ impl Metrics {
         registry.register("plugin_queue_depth", "Events waiting in a plugin's queue", m.plugin_queue_depth.clone());
         registry.register("plugin_state", "1 for the state each plugin is in (healthy, failing, quarantined)", m.plugin_state.clone());
         registry.register("plugin_dead_lettered", "Events a plugin dead-lettered in this run", m.plugin_dead_lettered.clone());
+        registry.register("cluster_lease_held", "Cluster mode: 1 for each stream whose lease this host holds, 0 once it gave it up or lost it", m.lease_held.clone());
+        registry.register("cluster_lease_changes", "Cluster mode: leases taken, handed over, lost (not renewed in time, refused checkpoint write, taken by another host)", m.lease_changes.clone());
         registry.register("reloads", "Plugin versions installed (first load and reloads)", m.reloads.clone());
         registry.register("reloads_refused", "Plugin modules or manifests refused at load (the old version kept running)", m.reloads_refused.clone());
         registry.register("dead_letters", "Dead letters written in this run", m.dead_letters.clone());

@@ -6,9 +6,9 @@
 //! JSON logs name the event; SIGTERM mid-burst loses nothing and the next start
 //! runs the plugin only on what was not committed (counted through /metrics).
 
-use oplet_tests::{install_plugin_from, repo_root, wasm_plugins, Mongo, Oplet, Postgres, TempDir};
+use oplet_tests::{http_get, metric_sample, install_plugin_from, repo_root, wasm_plugins, Mongo, Oplet, Postgres, TempDir};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -68,43 +68,6 @@ impl Host {
     }
 }
 
-/// A plain HTTP/1.1 GET (no client library needed for a loopback listener).
-fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    // Chunked bodies: axum sends small bodies with a length, so this is rare.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    Ok((code, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// The value of the sample `name{labels}` in an exposition, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn wait_until(what: &str, oplet: &Oplet, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -132,10 +95,10 @@ async fn metrics_move_as_events_flow() {
         "oplet_sink_batch_size_sum{sink=\"audit\"}",
     ];
     for s in series {
-        assert_eq!(sample(&before, s), 3.0, "{s} after 3 events:\n{before}");
+        assert_eq!(metric_sample(&before, s), 3.0, "{s} after 3 events:\n{before}");
     }
-    assert_eq!(sample(&before, "oplet_reloads_total"), 1.0, "{before}");
-    assert!(sample(&before, "oplet_process_resident_memory_bytes") > 1e6, "{before}");
+    assert_eq!(metric_sample(&before, "oplet_reloads_total"), 1.0, "{before}");
+    assert!(metric_sample(&before, "oplet_process_resident_memory_bytes") > 1e6, "{before}");
 
     host.append(4, 7, None);
     host.append(11, 1, Some("error"));
@@ -145,14 +108,14 @@ async fn metrics_move_as_events_flow() {
     })
     .await;
     let (_, after) = host.get("/metrics");
-    assert_eq!(sample(&after, series[0]), 11.0, "{after}");
-    assert_eq!(sample(&after, series[1]), 10.0, "{after}");
-    assert_eq!(sample(&after, series[2]), 10.0, "{after}");
-    assert_eq!(sample(&after, series[3]), 11.0, "every call is timed, the failed one too:\n{after}");
-    assert_eq!(sample(&after, "oplet_plugin_failures_total{plugin=\"p\",cause=\"plugin_error\"}"), 1.0, "{after}");
-    assert_eq!(sample(&after, "oplet_dead_letters"), 1.0, "{after}");
+    assert_eq!(metric_sample(&after, series[0]), 11.0, "{after}");
+    assert_eq!(metric_sample(&after, series[1]), 10.0, "{after}");
+    assert_eq!(metric_sample(&after, series[2]), 10.0, "{after}");
+    assert_eq!(metric_sample(&after, series[3]), 11.0, "every call is timed, the failed one too:\n{after}");
+    assert_eq!(metric_sample(&after, "oplet_plugin_failures_total{plugin=\"p\",cause=\"plugin_error\"}"), 1.0, "{after}");
+    assert_eq!(metric_sample(&after, "oplet_dead_letters"), 1.0, "{after}");
     // Every event is done: nothing behind the checkpoint.
-    wait_until("no checkpoint lag", &oplet, || sample(&host.get("/metrics").1, "oplet_checkpoint_lag_events{stream=\"events\"}") == 0.0).await;
+    wait_until("no checkpoint lag", &oplet, || metric_sample(&host.get("/metrics").1, "oplet_checkpoint_lag_events{stream=\"events\"}") == 0.0).await;
 
     let (code, health) = host.get("/healthz");
     assert_eq!(code, 200, "{health}");
@@ -320,7 +283,7 @@ async fn sigterm_during_a_burst_loses_nothing_and_the_next_start_replays_nothing
     wait_until("every event checkpointed", &oplet, || checkpoint_line(host.path()) == total).await;
     let (_, metrics) = host.get("/metrics");
     assert_eq!(
-        sample(&metrics, "oplet_plugin_events_handled_total{plugin=\"p\",version=\"1.2.3\"}") as u64,
+        metric_sample(&metrics, "oplet_plugin_events_handled_total{plugin=\"p\",version=\"1.2.3\"}") as u64,
         total - saved,
         "the plugin ran again on committed events:\n{metrics}"
     );

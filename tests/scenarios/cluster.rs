@@ -2,10 +2,12 @@
 //! (`[cluster] mode = "leases"`), against a real server (nx-27017): each stream has
 //! one owner and the streams spread evenly; a host killed with SIGKILL is taken over
 //! and nothing is lost; a host paused past its lease has its late checkpoint writes
-//! refused and gives its streams up; a host that joins receives a share.
+//! refused and gives its streams up; a host that joins receives a share; a second
+//! host given a running host's name refuses to start, while a restart under the same
+//! name waits out its old heartbeat; the status page and metrics show ownership.
 
 use mongodb::bson::{doc, Document};
-use oplet_tests::{free_port, install_plugin, oplet_bin, Mongo, Oplet, TempDir};
+use oplet_tests::{free_port, http_get, install_plugin, metric_sample, oplet_bin, Mongo, Oplet, TempDir};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -69,6 +71,15 @@ max_ms = 1000
         Host { name: name.into(), dir }
     }
 
+    /// Adds an admin listener on `port` (status page and metrics).
+    fn with_admin(self, port: u16) -> Host {
+        let path = self.config();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"));
+        std::fs::write(&path, text).unwrap();
+        self
+    }
+
     fn config(&self) -> PathBuf {
         self.dir.path().join("oplet.toml")
     }
@@ -112,15 +123,21 @@ fn ownership(status: &Value) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// Polls `cluster status` until `ready` holds; returns that status.
-async fn wait_status(config: &Path, what: &str, mut ready: impl FnMut(&Value) -> bool) -> Value {
+/// Polls `cluster status` until `ready`; on a timeout shows the hosts' logs too.
+async fn wait_status(config: &Path, hosts: &[Oplet], what: &str, mut ready: impl FnMut(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
         let s = tokio::task::block_in_place(|| status(config));
         if ready(&s) {
             return s;
         }
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}; last status:\n{s:#}");
+        if start.elapsed() >= WAIT {
+            let logs: Vec<String> = hosts.iter().enumerate().map(|(i, o)| {
+                    let lines = o.log_lines_containing("cluster");
+                    format!("--- host {}, its last lease lines:\n{}", i + 1, lines[lines.len().saturating_sub(40)..].join("\n"))
+                }).collect();
+            panic!("timed out after {WAIT:?} waiting for {what}; last status:\n{s:#}\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -226,7 +243,7 @@ async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_a
     let hosts: Vec<Host> = (1..=3).map(|n| Host::new(&format!("h{n}"), &uri, &db, 100)).collect();
     let mut running: Vec<Oplet> = hosts.iter().map(Host::start).collect();
     let config = hosts[0].config();
-    let s = wait_status(&config, "six streams spread 2/2/2 over three hosts", |s| spread_is(s, &[2, 2, 2])).await;
+    let s = wait_status(&config, &running, "six streams spread 2/2/2 over three hosts", |s| spread_is(s, &[2, 2, 2])).await;
     let before = ownership(&s);
     eprintln!("[cluster] spread: {before:?}");
 
@@ -247,7 +264,7 @@ async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_a
         assert_eq!(d.get_str("owner").unwrap(), victim, "{d}");
         old.insert(st.clone(), d);
     }
-    let s = wait_status(&hosts[(vi + 1) % 3].config(), "the killed host's streams taken over by the two others", |s| {
+    let s = wait_status(&hosts[(vi + 1) % 3].config(), &running, "the killed host's streams taken over by the two others", |s| {
         let owned = ownership(s);
         spread_is(s, &[3, 3]) && !owned.contains_key(&victim)
     })
@@ -272,7 +289,7 @@ async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_a
     let fourth = Host::new("h4", &uri, &db, 100);
     running.push(fourth.start());
     // Three live hosts again (the killed one is gone): 2/2/2, h4 among them.
-    let s = wait_status(&config, "the fourth host receiving a share (2/2/2)", |s| spread_is(s, &[2, 2, 2]) && ownership(s).get("h4").is_some_and(|o| o.len() == 2)).await;
+    let s = wait_status(&config, &running, "the fourth host receiving a share (2/2/2)", |s| spread_is(s, &[2, 2, 2]) && ownership(s).get("h4").is_some_and(|o| o.len() == 2)).await;
     eprintln!("[cluster] after h4 joined: {:?}", ownership(&s));
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
@@ -307,7 +324,7 @@ async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_a
     let hosts = [Host::new("h1", &uri, &db, 3000), Host::new("h2", &uri, &db, 100), Host::new("h3", &uri, &db, 100)];
     let running: Vec<Oplet> = hosts.iter().map(Host::start).collect();
     let config = hosts[1].config();
-    let s = wait_status(&config, "2/2/2", |s| spread_is(s, &[2, 2, 2])).await;
+    let s = wait_status(&config, &running, "2/2/2", |s| spread_is(s, &[2, 2, 2])).await;
     let paused_streams = ownership(&s)["h1"].clone();
     let writer = Writer::start(client.clone(), &db, Duration::from_millis(15));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -318,7 +335,7 @@ async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_a
 
     let pid = running[0].pid() as i32;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let s = wait_status(&config, "h1's streams taken over while it is paused", |s| {
+    let s = wait_status(&config, &running, "h1's streams taken over while it is paused", |s| {
         let owned = ownership(s);
         spread_is(s, &[3, 3]) && !owned.contains_key("h1")
     })
@@ -342,7 +359,7 @@ async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_a
         assert_ne!(ck.get_str("owner").unwrap(), "h1", "{ck}");
     }
     // h1 gave its old streams up, then receives a share again, under new epochs.
-    let s = wait_status(&config, "2/2/2 again with h1 back", |s| spread_is(s, &[2, 2, 2])).await;
+    let s = wait_status(&config, &running, "2/2/2 again with h1 back", |s| spread_is(s, &[2, 2, 2])).await;
     for st in &ownership(&s)["h1"] {
         if let Some(e) = epochs.get(st) {
             assert!(int(&lease(&client, &db, st).await, "epoch") > *e + 1, "{st}: retaken under a new epoch");
@@ -356,4 +373,49 @@ async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_a
     for mut o in running {
         assert!(o.terminate().unwrap().success(), "{}", o.logs());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_host_given_a_running_hosts_name_refuses_to_start_and_a_restart_under_the_same_name_waits_out_its_old_heartbeat() {
+    let mongo = tokio::task::block_in_place(Mongo::start);
+    let (db, uri) = (fresh_db(), mongo.uri());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let first = Host::new("same", &uri, &db, 100).with_admin(admin.rsplit(':').next().unwrap().parse().unwrap());
+    let mut running = vec![first.start()];
+    let config = first.config();
+    let s = wait_status(&config, &running, "the first host owning all six streams", |s| spread_is(s, &[COLLECTIONS])).await;
+    // The host's own status page and metrics show what it owns, as `cluster status` does.
+    let owned: BTreeSet<String> = ownership(&s)["same"].clone();
+    let (code, body) = tokio::task::block_in_place(|| http_get(&admin, "/status.json")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["cluster"]["name"], "same", "{page:#}");
+    let shown: BTreeSet<String> = page["cluster"]["streams"].as_array().unwrap().iter().map(|x| x["stream"].as_str().unwrap().to_string()).collect();
+    assert_eq!(shown, owned, "the status page lists the streams whose lease this host holds");
+    assert!(page["cluster"]["streams"].as_array().unwrap().iter().all(|x| x["epoch"].as_i64().unwrap() >= 1));
+    let (_, metrics) = tokio::task::block_in_place(|| http_get(&admin, "/metrics")).unwrap();
+    for st in &owned {
+        assert_eq!(metric_sample(&metrics, &format!("oplet_cluster_lease_held{{stream=\"{st}\"}}")), 1.0, "{metrics}");
+    }
+    assert_eq!(metric_sample(&metrics, "oplet_cluster_lease_changes_total{source=\"mongo\",change=\"taken\"}"), COLLECTIONS as f64, "{metrics}");
+
+    // Another machine's host given the same name: it watches the heartbeat, sees it
+    // renewed, and stops with a config error naming the key; the first one goes on.
+    let twin_dir = Host::new("same", &uri, &db, 100);
+    let mut twin = twin_dir.start();
+    let status = tokio::task::block_in_place(|| twin.wait_exit(WAIT)).unwrap();
+    assert_eq!(status.code(), Some(2), "a duplicate name is a config error (exit 2):\n{}", twin.logs());
+    let logs = twin.logs();
+    assert!(logs.contains("cluster.name") && logs.contains("\"same\""), "the error names the key and the name:\n{logs}");
+    assert!(running[0].is_running(), "the running host is untouched:\n{}", running[0].logs());
+    let s = wait_status(&config, &running, "the first host still owning all six streams", |s| spread_is(s, &[COLLECTIONS])).await;
+    assert!(ownership(&s).contains_key("same"));
+
+    // kill -9 and restart under the same name: the old heartbeat is not renewed
+    // any more, so the new run waits it out and takes the streams back.
+    running[0].kill();
+    running[0] = first.start();
+    wait_status(&config, &running, "the restarted host owning all six streams again", |s| spread_is(s, &[COLLECTIONS])).await;
+    assert!(running[0].is_running(), "{}", running[0].logs());
+    assert!(running[0].terminate().unwrap().success(), "{}", running[0].logs());
 }

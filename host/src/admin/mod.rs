@@ -218,6 +218,7 @@ async fn status(axum::extract::State(s): Shared) -> Response {
         "sinks": sinks,
         "dead_letters": {"this_run": s.dead.count(), "in_store": dead_total, "recent": recent, "path": s.dead.path()},
         "clients": clients,
+        "cluster": crate::cluster::ownership_json(),
     });
     json_response(StatusCode::OK, &body)
 }

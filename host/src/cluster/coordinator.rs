@@ -72,13 +72,28 @@ impl<R: Runner> Coordinator<R> {
         let mut finishing: BTreeSet<usize> = BTreeSet::new();
         let mut warned = false;
         tracing::info!(source = %self.source, host = %me, "cluster: sharing {} stream(s) through leases in {} (lease {} ms, renewed every {} ms)", self.keys.len(), self.leases.coll.namespace(), cfg.lease_ms, cfg.renew_ms);
+        super::NAME.get_or_init(|| me.clone()); // one name per process, whatever the source
+        self.wait_out_namesake(&mut shutdown).await?;
+        let mut beaten = false;
+        // A duplicate name found while running: the streams stop without giving
+        // their leases back (the other host of that name renews them).
+        let mut namesake = false;
         let failure = 'rounds: loop {
             let round = Instant::now();
             let now = now_ms();
             // Each step is bounded: a MongoDB that does not answer must not hold up
-            // the renewals (the local deadlines stop the targets meanwhile).
-            let beat = tokio::time::timeout(renew, self.leases.heartbeat()).await;
+            // the renewals (the local deadlines stop the targets meanwhile). The
+            // heartbeats are read before this host's own is written: a heartbeat of
+            // this name written by another process since is a second host of this name.
             let hosts = tokio::time::timeout(renew, self.leases.hosts()).await;
+            if let Ok(Ok(hosts)) = &hosts {
+                if let Some(other) = hosts.iter().find(|h| h.name == me && beaten && !self.leases.is_mine(h)) {
+                    namesake = true;
+                    break 'rounds Some(namesake_error(&me, other, now));
+                }
+            }
+            let beat = tokio::time::timeout(renew, self.leases.heartbeat()).await;
+            beaten |= matches!(beat, Ok(Ok(())));
             let docs = tokio::time::timeout(renew, self.leases.leases(&self.keys)).await;
             let mut problem = None;
             match (&beat, &hosts, &docs) {
@@ -151,7 +166,9 @@ impl<R: Runner> Coordinator<R> {
                     let offset = me.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
                     let n = self.keys.len();
                     for k in 0..n {
-                        if want == 0 {
+                        // Taking is bounded per round: the renewals of what is held
+                        // come first, and a slow server must not starve them.
+                        if want == 0 || round.elapsed() > renew / 2 {
                             break;
                         }
                         let i = (offset + k) % n;
@@ -171,6 +188,7 @@ impl<R: Runner> Coordinator<R> {
                                 want -= 1;
                                 let was = doc.and_then(|l| l.owner.clone()).map(|o| format!(" from {o}")).unwrap_or_default();
                                 tracing::info!(source = %self.source, stream = %self.keys[i], epoch, "cluster: took the lease{was}");
+                                super::note_lease(&self.source, &self.keys[i], Some(epoch), "taken");
                                 held.insert(i, self.spawn_hold(i, epoch, sent + lease - margin, tx.clone()));
                             }
                             Ok(Ok(None)) => {}
@@ -187,6 +205,12 @@ impl<R: Runner> Coordinator<R> {
                     _ = shutdown.wait_for(|s| *s) => break 'rounds None,
                     Some(report) = rx.recv() => match report {
                         Report::RunEnded(i, error) => {
+                            let how = match (&error, releasing.contains(&i)) {
+                                (Some(_), _) => "failed",
+                                (None, true) => "handed_over",
+                                (None, false) => "lost",
+                            };
+                            super::note_lease(&self.source, &self.keys[i], None, how);
                             held.remove(&i);
                             releasing.remove(&i);
                             finishing.insert(i);
@@ -202,24 +226,59 @@ impl<R: Runner> Coordinator<R> {
             }
         };
         // Stop every stream; the savers and releases finish after the host's drain.
+        let why = if namesake { Why::Lost("another host runs under this host's name") } else { Why::Shutdown };
         for h in held.values() {
-            h.ask.send_replace(Some(Why::Shutdown));
+            h.ask.send_replace(Some(why));
         }
         while !held.is_empty() {
             match rx.recv().await {
                 Some(Report::RunEnded(i, _)) => {
+                    super::note_lease(&self.source, &self.keys[i], None, if namesake { "lost" } else { "released_at_stop" });
                     held.remove(&i);
                 }
                 Some(Report::Finished(_)) => {}
                 None => break,
             }
         }
-        if let Err(e) = tokio::time::timeout(renew, self.leases.leave()).await.unwrap_or(Ok(())) {
+        if namesake {
+            // Its heartbeat is the other host's now: not marked gone.
+        } else if let Err(e) = tokio::time::timeout(renew, self.leases.leave()).await.unwrap_or(Ok(())) {
             tracing::warn!(source = %self.source, "cluster: cannot mark this host gone ({e}); the others see it when its heartbeat expires");
         }
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// At start, a live heartbeat under this host's name may be a crashed earlier
+    /// run of this host (it stops renewing) or another running host given the same
+    /// name (it renews): watch it until it expires or is renewed. Renewed means two
+    /// hosts would renew each other's leases: this one refuses to start.
+    async fn wait_out_namesake(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        let me = &self.membership.name;
+        let renew = Duration::from_millis(self.membership.cfg.renew_ms);
+        let mut seen: Option<i64> = None;
+        loop {
+            let now = now_ms();
+            let hosts = match tokio::time::timeout(renew, self.leases.hosts()).await {
+                Ok(Ok(hosts)) => hosts,
+                // Unreachable: the rounds report it and keep trying.
+                _ => return Ok(()),
+            };
+            let Some(other) = hosts.into_iter().find(|h| &h.name == me && h.expires_ms >= now && !self.leases.is_mine(h)) else {
+                return Ok(());
+            };
+            match seen {
+                None => tracing::info!(source = %self.source, host = %me, "cluster: a heartbeat of this host's name is still live (pid {}, last beat {} ms ago): waiting up to {} ms to see whether it is an earlier run of this host or another host with the same name", other.pid, now - other.beat_ms, other.expires_ms - now),
+                Some(beat) if other.beat_ms != beat => return Err(namesake_error(me, &other, now)),
+                Some(_) => {}
+            }
+            seen = Some(other.beat_ms);
+            tokio::select! {
+                _ = tokio::time::sleep(renew) => {}
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            }
         }
     }
 
@@ -258,18 +317,29 @@ async fn hold<R: Runner>(
     tx: mpsc::UnboundedSender<Report>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let run = runner.run(index, fence.clone(), stop_rx);
-    tokio::pin!(run);
+    let mut run = runner.run(index, fence.clone(), stop_rx);
+    let mut cancelled = false;
     let mut refused = fence.refused();
     let mut why: Option<Why> = None;
+    // Once asked to stop, the stream has this long to reach its next await; a stream
+    // stuck past it (a server that does not answer, a full router) is cancelled, so
+    // that a lost or handed-over target is never counted as held for ever.
+    let grace = (lease / 2).max(Duration::from_millis(100));
+    let mut stop_by: Option<Instant> = None;
     let result = loop {
         let at = *deadline.borrow();
         tokio::select! {
             r = &mut run => break r,
+            _ = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now)), if stop_by.is_some() => {
+                tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: the stream did not stop within {} ms of being asked; cancelled, its lease left to expire (the next owner resumes from the last checkpoint)", grace.as_millis());
+                cancelled = true;
+                break Ok(());
+            }
             _ = tokio::time::sleep_until(at), if why.is_none() => {
                 tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: the lease was not renewed in time: stopping the stream before it expires");
                 why = Some(Why::Lost("not renewed in time"));
                 stop_tx.send_replace(true);
+                stop_by = Some(Instant::now() + grace);
             }
             Ok(()) = deadline.changed() => {}
             Ok(()) = ask.changed(), if why.is_none() => {
@@ -278,17 +348,25 @@ async fn hold<R: Runner>(
                     tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: lost the lease ({reason}): stopping the stream");
                 }
                 stop_tx.send_replace(true);
+                stop_by = Some(Instant::now() + grace);
             }
             Ok(()) = refused.changed(), if why.is_none() => {
                 if *refused.borrow() {
                     why = Some(Why::Lost("a checkpoint write was refused"));
                     stop_tx.send_replace(true);
+                    stop_by = Some(Instant::now() + grace);
                 }
             }
         }
     };
+    if cancelled {
+        // Cancelling drops the event being handed on, whose ticket then counts as
+        // done: no checkpoint may be written after that, so the saver goes first.
+        fence.abort_saver().await;
+    }
+    drop(run);
     let _ = tx.send(Report::RunEnded(index, result.err()));
-    let voluntary = matches!(why, Some(Why::Release | Why::Shutdown)) && !fence.is_refused();
+    let voluntary = matches!(why, Some(Why::Release | Why::Shutdown)) && !fence.is_refused() && !cancelled;
     if voluntary {
         // A safe point: everything taken in is done and checkpointed (or, when the
         // host stops, its final save comes), so the next owner starts from here.
@@ -303,7 +381,11 @@ async fn hold<R: Runner>(
             _ = tokio::time::sleep(lease) => tracing::warn!(stream = %fence.key, "cluster: events still unfinished after {} ms; handing the stream over anyway (the next owner delivers them again)", lease.as_millis()),
         }
     }
-    fence.stop_saver().await;
+    // The saver writes a last time; a store that does not answer must not keep the
+    // target counted as finishing (and so never taken again by this host).
+    if tokio::time::timeout(lease, fence.stop_saver()).await.is_err() {
+        tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: the last checkpoint write took longer than {} ms; abandoned (the next owner resumes from the previous one)", lease.as_millis());
+    }
     if voluntary && !fence.is_refused() {
         match tokio::time::timeout(lease, leases.release(&fence.key, fence.epoch)).await {
             Ok(Ok(true)) => tracing::info!(stream = %fence.key, epoch = fence.epoch, "cluster: gave the lease back after the last checkpoint"),
@@ -313,4 +395,16 @@ async fn hold<R: Runner>(
         }
     }
     let _ = tx.send(Report::Finished(index));
+}
+
+/// Two live hosts share `name`.
+fn namesake_error(name: &str, other: &super::lease::Heartbeat, now: i64) -> anyhow::Error {
+    crate::exit::fatal(
+        crate::exit::Cause::Config,
+        format!(
+            "config key cluster.name: another running host uses the name {name:?} (pid {} on its machine, heartbeat renewed {} ms ago); two hosts with one name would renew each other's leases and run the same streams. Give each host its own cluster.name (or leave it unset for HOSTNAME-PID)",
+            other.pid,
+            now - other.beat_ms
+        ),
+    )
 }

@@ -99,6 +99,12 @@ impl Leases {
         Ok(())
     }
 
+    /// Whether `beat` was written by this process (not by another host that was
+    /// given the same `name`).
+    pub fn is_mine(&self, beat: &Heartbeat) -> bool {
+        beat.pid == std::process::id() as i64 && beat.started_ms == self.started_ms
+    }
+
     /// Marks this host gone at once (a clean stop), so the others recount their share.
     pub async fn leave(&self) -> mongodb::error::Result<()> {
         self.coll.update_one(doc! { "_id": host_id(&self.owner) }, doc! { "$set": { "expires_ms": 0i64 } }).await?;

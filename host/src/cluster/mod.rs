@@ -125,6 +125,43 @@ pub struct Membership {
     pub cfg: ClusterConfig,
 }
 
+/// The streams this process holds a lease for, for the status page and metrics:
+/// stream key → (source, epoch, taken at).
+static HELD: Mutex<std::collections::BTreeMap<String, (String, i64, i64)>> = Mutex::new(std::collections::BTreeMap::new());
+/// This process's cluster name, once a coordinator runs.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records a lease taken (`Some(epoch)`) or given up / lost (`None`, with `how`).
+pub(crate) fn note_lease(source: &str, key: &str, epoch: Option<i64>, how: &str) {
+    let m = crate::metrics::get();
+    let label = crate::metrics::StreamLabel { stream: key.to_string() };
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    match epoch {
+        Some(e) => {
+            held.insert(key.to_string(), (source.to_string(), e, lease::now_ms()));
+            m.lease_held.get_or_create(&label).set(1);
+        }
+        None => {
+            held.remove(key);
+            m.lease_held.get_or_create(&label).set(0);
+        }
+    }
+    m.lease_changes.get_or_create(&crate::metrics::LeaseChangeLabel { source: source.to_string(), change: how.to_string() }).inc();
+}
+
+/// `{name, streams: [{stream, source, epoch, held_ms}]}` of this host, or null
+/// when it runs no cluster coordinator.
+pub fn ownership_json() -> serde_json::Value {
+    let Some(name) = NAME.get() else { return serde_json::Value::Null };
+    let now = lease::now_ms();
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let streams: Vec<serde_json::Value> = held
+        .iter()
+        .map(|(k, (source, epoch, at))| serde_json::json!({"stream": k, "source": source, "epoch": epoch, "held_ms": now - at}))
+        .collect();
+    serde_json::json!({"name": name, "streams": streams})
+}
+
 /// `HOSTNAME-PID`.
 pub fn default_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -189,6 +226,16 @@ impl Fence {
 
     fn tracker(&self) -> Option<Arc<crate::checkpoint::Tracker>> {
         self.run.lock().expect("fence lock").as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// Stops the saver at once, without a last write, and waits until it is gone
+    /// (a saver running on another thread at this moment must not save after it).
+    async fn abort_saver(&self) {
+        let saver = self.run.lock().expect("fence lock").take().map(|(_, s)| s);
+        if let Some(saver) = saver {
+            saver.abort();
+            let _ = saver.await;
+        }
     }
 
     /// Stops the saver (it writes a last time) and waits for it.
