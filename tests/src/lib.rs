@@ -26,7 +26,7 @@ pub use port::free_port;
 pub use postgres::Postgres;
 pub use redis_server::Redis;
 pub use require::{require, Service};
-pub use tls::TestCa;
+pub use tls::{TestCa, TlsProxy};
 pub use state::{jsonl_checkpoint, plugin_status, read_complete_json_lines, read_json_lines};
 
 use std::path::{Path, PathBuf};

@@ -84,3 +84,55 @@ impl Default for TestCa {
         TestCa::new()
     }
 }
+
+/// A TLS-terminating proxy (tests/support/tls_proxy.py) in front of a plain TCP
+/// server, presenting the test CA's server certificate: the MongoDB-compatible test
+/// server has no TLS of its own. Killed on Drop.
+pub struct TlsProxy {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsProxy {
+    /// Listens on a free loopback port and forwards to `target` (`HOST:PORT`); with
+    /// `require_client_cert`, only clients with a certificate from `ca` get through.
+    pub fn start(ca: &TestCa, target: &str, require_client_cert: bool) -> TlsProxy {
+        use std::io::BufRead;
+        crate::require(crate::Service::Nx27017); // the same python3 runs the proxy
+        let port = crate::free_port();
+        let mut cmd = Command::new(crate::require::python());
+        cmd.arg("-u")
+            .arg(crate::repo_root().join("tests/support/tls_proxy.py"))
+            .args(["--listen-port", &port.to_string(), "--target", target])
+            .arg("--cert")
+            .arg(ca.server_cert())
+            .arg("--key")
+            .arg(ca.server_key())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if require_client_cert {
+            cmd.arg("--client-ca").arg(ca.ca());
+        }
+        let mut child = crate::process::spawn(cmd).expect("start tests/support/tls_proxy.py");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read the proxy's ready line");
+        assert_eq!(line.trim(), format!("ready {port}"), "the TLS proxy did not start");
+        TlsProxy { child, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("[oplet-tests] cannot kill the TLS proxy: {e}");
+        }
+        // Reaped so no zombie is left; its exit status (killed) says nothing.
+        self.child.wait().ok();
+    }
+}

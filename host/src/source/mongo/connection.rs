@@ -45,9 +45,17 @@ impl Diagnosis {
 
     fn fatal(&self) -> Option<String> {
         match self {
-            Diagnosis::Tls(t) => Some(format!(
-                "the TLS handshake failed ({t}): check tls=true/false in the uri against the server, and tlsCAFile for its certificate"
-            )),
+            Diagnosis::Tls(t) => {
+                let lower = t.to_ascii_lowercase();
+                let hint = if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") {
+                    "the server's certificate does not chain to tlsCAFile (or to the built-in roots without it): point tlsCAFile at the CA that signed it"
+                } else if lower.contains("close_notify") || lower.contains("certificaterequired") || lower.contains("handshake failure") {
+                    "the server ended the handshake: if it requires a client certificate, set tlsCertificateKeyFile (certificate and key in one PEM file) in the uri; else check tls=true/false and tlsCAFile"
+                } else {
+                    "check tls=true/false in the uri against the server, and tlsCAFile for its certificate"
+                };
+                Some(format!("the TLS handshake failed ({t}): {hint}"))
+            }
             Diagnosis::NotMongo(t) => Some(format!(
                 "the server at that address does not speak the MongoDB protocol ({t}): is the port right? (an HTTP or other server answers there)"
             )),
