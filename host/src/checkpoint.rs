@@ -40,8 +40,9 @@ struct TrackerState {
     completed: u64,
     /// Every event below this one is done and its position durably saved.
     saved_next: u64,
-    /// When the watermark last moved (or the tracker was made).
-    moved_at: std::time::Instant,
+    /// (seq, source time in ms) of tickets handed out and not yet below the
+    /// watermark, in the order handed out: the front is the oldest event waiting.
+    times: std::collections::VecDeque<(u64, i64)>,
     /// The highest ticket handed out (`first_seq - 1` before the first).
     issued: u64,
 }
@@ -63,18 +64,26 @@ impl Tracker {
             source: source.to_string(),
             replayable,
             first_seq,
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, moved_at: std::time::Instant::now(), issued: first_seq - 1 }),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, times: std::collections::VecDeque::new(), issued: first_seq - 1 }),
             changed: Notify::new(),
             issued: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// A ticket for event `seq`; `position` is where to resume after it.
+    /// A ticket for event `seq`; `position` is where to resume after it. The event
+    /// counts as made now (for the checkpoint lag in seconds).
     pub fn ticket(self: &Arc<Self>, seq: u64, position: Option<Position>) -> Ticket {
+        self.ticket_at(seq, position, crate::deadletter::now_ms())
+    }
+
+    /// Like [`Tracker::ticket`], for an event made at `time_ms` at its source (a
+    /// MongoDB change's wallTime or clusterTime).
+    pub fn ticket_at(self: &Arc<Self>, seq: u64, position: Option<Position>, time_ms: i64) -> Ticket {
         self.issued.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.state.lock().expect("tracker lock");
             st.issued = st.issued.max(seq);
+            st.times.push_back((seq, time_ms));
         }
         Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
@@ -93,10 +102,12 @@ impl Tracker {
                         moved = true;
                     }
                     st.next += 1;
-                    st.moved_at = std::time::Instant::now();
                 }
                 None => break,
             }
+        }
+        while st.times.front().is_some_and(|&(seq, _)| seq < st.next) {
+            st.times.pop_front();
         }
         if moved {
             st.version += 1;
@@ -142,12 +153,19 @@ impl Tracker {
         st.saved_next = st.saved_next.max(below);
     }
 
-    /// Events taken in but not done, and how long the watermark has stood
-    /// still while they wait (`None` when nothing waits).
-    pub fn lag(&self) -> (u64, Option<Duration>) {
+    /// Events taken in but not done, and how far behind the checkpoint is in
+    /// seconds: now minus the source time of the oldest event not done (for
+    /// MongoDB the change's own time, so a backlog read after an outage shows its
+    /// real age); 0 when nothing waits.
+    pub fn lag(&self) -> (u64, f64) {
         let st = self.state.lock().expect("tracker lock");
         let behind = self.issued.load(Ordering::Relaxed).saturating_sub(st.completed);
-        (behind, (behind > 0).then(|| st.moved_at.elapsed()))
+        let oldest = st.times.iter().find(|&&(seq, _)| seq >= st.next && !st.done.contains_key(&seq)).map(|&(_, t)| t);
+        let secs = match oldest {
+            Some(t) if behind > 0 => (crate::deadletter::now_ms() - t).max(0) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        (behind, secs)
     }
 
     /// Every ticket handed out so far is done and its position saved: a safe
@@ -309,6 +327,31 @@ pub async fn run_saver<S: PositionStore>(tracker: Arc<Tracker>, store: S, interv
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_lag_in_seconds_is_the_age_of_the_oldest_event_not_done_at_its_source() {
+        let t = Tracker::new("s", 1, None);
+        assert_eq!(t.lag(), (0, 0.0), "nothing waits");
+        let now = crate::deadletter::now_ms();
+        let a = t.ticket_at(1, Some(json!(1)), now - 60_000);
+        let b = t.ticket_at(2, Some(json!(2)), now - 5_000);
+        let (behind, secs) = t.lag();
+        assert_eq!(behind, 2);
+        assert!((60.0..70.0).contains(&secs), "the oldest waiting change is a minute old: {secs}");
+        drop(a);
+        let (behind, secs) = t.lag();
+        assert_eq!(behind, 1);
+        assert!((5.0..15.0).contains(&secs), "now the 5 s old one is the oldest: {secs}");
+        drop(b);
+        assert_eq!(t.lag(), (0, 0.0), "all done: not behind");
+        // Done out of order: the older one still holds the lag.
+        let c = t.ticket_at(3, Some(json!(3)), now - 30_000);
+        let d = t.ticket_at(4, Some(json!(4)), now);
+        drop(d);
+        assert!(t.lag().1 >= 30.0, "{:?}", t.lag());
+        drop(c);
+        assert_eq!(t.lag(), (0, 0.0));
+    }
 
     #[test]
     fn the_watermark_waits_for_the_oldest_event() {

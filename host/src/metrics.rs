@@ -140,7 +140,7 @@ impl Metrics {
         registry.register("sink_batch_size", "Effects per sink batch", m.sink_batch_size.clone());
         registry.register("sink_commit_seconds", "Time to apply one sink batch (write and fsync, commit, pipeline)", m.sink_commit_seconds.clone());
         registry.register("checkpoint_lag_events", "Events taken in but not yet done, per stream (the checkpoint is behind them)", m.checkpoint_lag_events.clone());
-        registry.register("checkpoint_lag_seconds", "Seconds since the checkpoint last moved while events wait, per stream", m.checkpoint_lag_seconds.clone());
+        registry.register("checkpoint_lag_seconds", "Seconds the checkpoint is behind, per stream: now minus the source time of the oldest event not yet done (a MongoDB change's wallTime/clusterTime), 0 when none waits", m.checkpoint_lag_seconds.clone());
         registry.register("source_queue_depth", "Events waiting in a source's queue for its dispatcher", m.source_queue_depth.clone());
         registry.register("plugin_queue_depth", "Events waiting in a plugin's queue", m.plugin_queue_depth.clone());
         registry.register("plugin_state", "1 for the state each plugin is in (healthy, failing, quarantined)", m.plugin_state.clone());
@@ -181,9 +181,9 @@ impl Metrics {
         w.trackers.retain(|t| match t.upgrade() {
             Some(t) => {
                 let label = StreamLabel { stream: t.source().to_string() };
-                let (behind, since) = t.lag();
+                let (behind, secs) = t.lag();
                 self.checkpoint_lag_events.get_or_create(&label).set(behind as i64);
-                self.checkpoint_lag_seconds.get_or_create(&label).set(since.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+                self.checkpoint_lag_seconds.get_or_create(&label).set(secs);
                 true
             }
             None => false,
@@ -275,8 +275,8 @@ pub fn stream_lags() -> Vec<(String, u64, f64)> {
         .iter()
         .filter_map(|t| t.upgrade())
         .map(|t| {
-            let (behind, since) = t.lag();
-            (t.source().to_string(), behind, since.map(|d| d.as_secs_f64()).unwrap_or(0.0))
+            let (behind, secs) = t.lag();
+            (t.source().to_string(), behind, secs)
         })
         .collect()
 }

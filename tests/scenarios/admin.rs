@@ -160,6 +160,26 @@ async fn readyz_names_mongo_while_it_is_down_and_postgres_while_it_is_stopped() 
     wait_until("ready again once PostgreSQL is back", &oplet, || ready().0 == 200).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_speaks_each_sinks_protocol_a_listening_port_is_not_enough() {
+    let pg = Postgres::start();
+    // PostgreSQL listens but the database does not exist; "Redis" is PostgreSQL's
+    // port: both accept a TCP connection, neither can take the sink's writes.
+    let wrong_db = format!("postgresql://postgres@127.0.0.1:{}/no_such_db", pg.port());
+    let host = Host::jsonl(&format!("[postgres]\nurl = \"{wrong_db}\"\n[redis]\nurl = \"redis://127.0.0.1:{}/\"\ntimeout_ms = 1000\n", pg.port()));
+    let oplet = Oplet::start(&host.path().join("oplet.toml"));
+    oplet.wait_for_log("admin listener", WAIT).await.unwrap();
+    let (code, body) = host.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let why = |part: &str| -> String {
+        let f = v["failing"].as_array().unwrap().iter().find(|f| f["part"] == part);
+        f.unwrap_or_else(|| panic!("{part} is not named as failing: {body}"))["why"].as_str().unwrap().to_string()
+    };
+    assert!(why("sink:postgres").contains("no_such_db"), "PostgreSQL's own refusal is shown: {body}");
+    assert!(why("sink:redis").contains("Redis"), "{body}");
+}
+
 fn chromium() -> PathBuf {
     for name in ["chromium", "chromium-browser", "google-chrome"] {
         if let Ok(out) = std::process::Command::new("which").arg(name).output() {

@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// One scenario at a time: each runs three or four hosts against its own nx-27017,
+/// and three at once on two cores made nx-27017 lose lease writes (see
+/// docs/cluster.md, "Known issue"), which is not what these tests are about.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LEASE_MS: u64 = 2000;
 const RENEW_MS: u64 = 500;
 const COLLECTIONS: usize = 6;
@@ -142,6 +147,20 @@ async fn wait_status(config: &Path, hosts: &[Oplet], what: &str, mut ready: impl
     }
 }
 
+/// Starts the hosts one after the other: the first creates every lease document
+/// alone, the others then receive their share through hand-overs. (Hosts started
+/// at the same instant race to insert the same lease documents, and nx-27017 can
+/// then serve a stale lease document for good: see docs/cluster.md, "Known issue".
+/// MongoDB's unique `_id` index settles that race; the tests are not about it.)
+async fn start_staggered(hosts: &[Host]) -> Vec<Oplet> {
+    let mut running = vec![hosts[0].start()];
+    wait_status(&hosts[0].config(), &running, "the first host owning every stream", |s| spread_is(s, &[COLLECTIONS])).await;
+    for h in &hosts[1..] {
+        running.push(h.start());
+    }
+    running
+}
+
 /// Every stream owned by exactly one live host, and the counts are `spread` (sorted).
 fn spread_is(s: &Value, spread: &[usize]) -> bool {
     let owned = ownership(s);
@@ -170,7 +189,21 @@ impl Writer {
             while !s.load(Ordering::SeqCst) {
                 let k = i as usize % COLLECTIONS;
                 let id = format!("c{k}-{i:06}");
-                client.database(&db).collection::<Document>(&format!("c{k}")).insert_one(doc! { "_id": &id, "i": i as i64 }).await.expect("insert");
+                // nx-27017 under load sometimes resets a connection: retry, and a
+                // retry that finds the document there means the first try landed.
+                let coll = client.database(&db).collection::<Document>(&format!("c{k}"));
+                let mut tries = 0;
+                loop {
+                    match coll.insert_one(doc! { "_id": &id, "i": i as i64 }).await {
+                        Ok(_) => break,
+                        Err(e) if e.to_string().contains("E11000") => break,
+                        Err(e) => {
+                            tries += 1;
+                            assert!(tries < 20, "insert {id}: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
                 w.lock().unwrap().push(id);
                 i += 1;
                 tokio::time::sleep(pause).await;
@@ -231,17 +264,14 @@ fn int(d: &Document, k: &str) -> i64 {
     d.get_i64(k).or_else(|_| d.get_i32(k).map(i64::from)).unwrap_or_else(|_| panic!("{k} in {d}"))
 }
 
-// Known bug (issue 15, open): in one of two full runs a stream was left with no
-// lease owner while its checkpoint had been claimed, and no host took it for 90 s.
-// Run it by hand with `cargo test --test cluster -- --ignored` until that is fixed.
-#[ignore = "known bug: a stream can be left unowned (lease gone, checkpoint claimed); see issue 15"]
 #[tokio::test(flavor = "multi_thread")]
 async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_and_a_fourth_gets_a_share() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mongo = tokio::task::block_in_place(Mongo::start);
     let (db, uri) = (fresh_db(), mongo.uri());
     let client = mongo.client().await;
     let hosts: Vec<Host> = (1..=3).map(|n| Host::new(&format!("h{n}"), &uri, &db, 100)).collect();
-    let mut running: Vec<Oplet> = hosts.iter().map(Host::start).collect();
+    let mut running = start_staggered(&hosts).await;
     let config = hosts[0].config();
     let s = wait_status(&config, &running, "six streams spread 2/2/2 over three hosts", |s| spread_is(s, &[2, 2, 2])).await;
     let before = ownership(&s);
@@ -316,13 +346,14 @@ async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_and_gives_its_streams_up() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mongo = tokio::task::block_in_place(Mongo::start);
     let (db, uri) = (fresh_db(), mongo.uri());
     let client = mongo.client().await;
     // h1 saves its checkpoints only every 3 s, so that when it is paused it still
     // has progress to save: that late write is what fencing must refuse.
     let hosts = [Host::new("h1", &uri, &db, 3000), Host::new("h2", &uri, &db, 100), Host::new("h3", &uri, &db, 100)];
-    let running: Vec<Oplet> = hosts.iter().map(Host::start).collect();
+    let running = start_staggered(&hosts).await;
     let config = hosts[1].config();
     let s = wait_status(&config, &running, "2/2/2", |s| spread_is(s, &[2, 2, 2])).await;
     let paused_streams = ownership(&s)["h1"].clone();
@@ -345,7 +376,10 @@ async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_a
     for st in &paused_streams {
         let start = Instant::now();
         while int(&checkpoint(&client, &db, st).await, "epoch") <= epochs[st] {
-            assert!(start.elapsed() < WAIT, "{st}'s checkpoint never got the new epoch");
+            if start.elapsed() >= WAIT {
+                let logs: Vec<String> = running.iter().map(|o| o.log_lines_containing(st).join("\n")).collect();
+                panic!("{st}'s checkpoint never got the new epoch; each host's lines about it:\n{}", logs.join("\n---\n"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -377,6 +411,7 @@ async fn an_owner_paused_past_its_lease_has_its_late_checkpoint_writes_refused_a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_host_given_a_running_hosts_name_refuses_to_start_and_a_restart_under_the_same_name_waits_out_its_old_heartbeat() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mongo = tokio::task::block_in_place(Mongo::start);
     let (db, uri) = (fresh_db(), mongo.uri());
     let admin = format!("127.0.0.1:{}", free_port());
@@ -413,9 +448,18 @@ async fn a_second_host_given_a_running_hosts_name_refuses_to_start_and_a_restart
 
     // kill -9 and restart under the same name: the old heartbeat is not renewed
     // any more, so the new run waits it out and takes the streams back.
+    let epochs_before: BTreeMap<String, i64> = s["streams"].as_array().unwrap().iter().map(|x| (x["stream"].as_str().unwrap().to_string(), x["epoch"].as_i64().unwrap())).collect();
     running[0].kill();
     running[0] = first.start();
-    wait_status(&config, &running, "the restarted host owning all six streams again", |s| spread_is(s, &[COLLECTIONS])).await;
+    let pid = running[0].pid() as i64;
+    // The killed run's leases still read as owned by "same" until they expire: wait
+    // for the new process's heartbeat and for every lease retaken under a new epoch.
+    wait_status(&config, &running, "the restarted host owning all six streams again", |s| {
+        let new_run = s["hosts"].as_array().unwrap().iter().any(|h| h["name"] == "same" && h["pid"] == pid && h["live"] == true);
+        let retaken = s["streams"].as_array().unwrap().iter().all(|x| x["owner"] == "same" && x["epoch"].as_i64().unwrap_or(0) > epochs_before[x["stream"].as_str().unwrap()]);
+        new_run && retaken
+    })
+    .await;
     assert!(running[0].is_running(), "{}", running[0].logs());
     assert!(running[0].terminate().unwrap().success(), "{}", running[0].logs());
 }

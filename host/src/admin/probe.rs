@@ -1,7 +1,8 @@
 //! Reachability probes behind `/readyz`: one per MongoDB source (a `ping`
 //! through the official driver, so TLS and auth options in the URI apply) and
-//! one per configured sink (a TCP connection to PostgreSQL and Redis). Probes
-//! run concurrently, each bounded by `[admin] probe_timeout_ms`.
+//! one per configured sink, connecting as the sink does (its URL, password file
+//! and TLS settings): `SELECT 1` on PostgreSQL, `PING` on Redis. Probes run
+//! concurrently, each bounded by `[admin] probe_timeout_ms`.
 
 use crate::config::{Config, SourceConfig};
 use std::sync::Arc;
@@ -19,7 +20,8 @@ pub struct ProbeResult {
 
 enum Kind {
     Mongo { uri: String, client: OnceCell<Result<mongodb::Client, String>> },
-    Tcp { addr: String },
+    Postgres(crate::effect::postgres::PostgresConfig),
+    Redis(crate::effect::redis::RedisConfig),
 }
 
 struct Probe {
@@ -43,11 +45,11 @@ impl Probes {
         }
         if let Some(pg) = &config.postgres {
             let addr = postgres_addr(&pg.url);
-            probes.push(Probe { part: "sink:postgres".into(), target: addr.clone(), kind: Kind::Tcp { addr } });
+            probes.push(Probe { part: "sink:postgres".into(), target: addr, kind: Kind::Postgres(pg.clone()) });
         }
         if let Some(r) = &config.redis {
             let addr = redis_addr(&r.url);
-            probes.push(Probe { part: "sink:redis".into(), target: addr.clone(), kind: Kind::Tcp { addr } });
+            probes.push(Probe { part: "sink:redis".into(), target: addr, kind: Kind::Redis(r.clone()) });
         }
         Probes { probes: probes.into_iter().map(Arc::new).collect(), timeout }
     }
@@ -81,7 +83,8 @@ impl Probes {
 impl Probe {
     async fn check(&self, timeout: Duration) -> Result<(), String> {
         match &self.kind {
-            Kind::Tcp { addr } => tokio::net::TcpStream::connect(addr.as_str()).await.map(|_| ()).map_err(|e| format!("cannot connect to {addr}: {e}")),
+            Kind::Postgres(cfg) => crate::effect::postgres::probe(cfg).await,
+            Kind::Redis(cfg) => crate::effect::redis::probe(cfg).await,
             Kind::Mongo { uri, client } => {
                 let client = client
                     .get_or_init(|| async {

@@ -159,7 +159,8 @@ impl<R: Runner> Coordinator<R> {
                     releasing.insert(i);
                 }
                 let mine = keeping + finishing.len();
-                if mine < ceil && (!needy || keeping < floor) && give == 0 {
+                // Nothing new is taken once the host stops.
+                if mine < ceil && (!needy || keeping < floor) && give == 0 && !*shutdown.borrow() {
                     let mut want = ceil - mine;
                     // Start from a different target on each host, so that hosts
                     // starting together do not all race for the same leases.
@@ -366,7 +367,11 @@ async fn hold<R: Runner>(
     }
     drop(run);
     let _ = tx.send(Report::RunEnded(index, result.err()));
-    let voluntary = matches!(why, Some(Why::Release | Why::Shutdown)) && !fence.is_refused() && !cancelled;
+    // Given back unless it may be someone else's: asked to hand over or stop, or
+    // ended by itself (the host stopping, a stream that failed) under a lease no
+    // one has fenced. A lease kept after its stream ended would sit unowned until
+    // it expires.
+    let voluntary = !matches!(why, Some(Why::Lost(_))) && !fence.is_refused() && !cancelled;
     if voluntary {
         // A safe point: everything taken in is done and checkpointed (or, when the
         // host stops, its final save comes), so the next owner starts from here.

@@ -140,6 +140,24 @@ pub struct RedisHandle {
     sink: SinkHandle<Vec<String>>,
 }
 
+/// Whether Redis answers as the sink would use it: the same URL, password and
+/// TLS settings, a connection and `PING` (for `/readyz`).
+pub async fn probe(cfg: &RedisConfig) -> Result<(), String> {
+    let client = client(cfg).map_err(|e| format!("{e:#}"))?;
+    let timeout = Some(Duration::from_millis(cfg.timeout_ms));
+    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| {
+        let text = e.to_string();
+        format!("cannot connect to Redis at {}: {text}{}", redact(&cfg.url), super::tls::explain("redis", &text))
+    })?;
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| format!("Redis at {} refused PING: {e}", redact(&cfg.url)))?;
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("Redis at {} answered PING with {pong:?}", redact(&cfg.url)))
+    }
+}
+
 impl RedisHandle {
     /// Starts the executor thread. It connects at once but a Redis that is down
     /// only delays deletes (logged, retried); a malformed URL is an error here.

@@ -552,12 +552,21 @@ impl crate::cluster::coordinator::Runner for LeasedTargets {
     fn run(&self, index: usize, fence: Arc<crate::cluster::Fence>, stop: watch::Receiver<bool>) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> {
         let (shared, target, coll, interval) = (self.shared.clone(), self.targets[index].clone(), self.coll.clone(), self.interval);
         Box::pin(async move {
-            match checkpoints::claim(&coll, &fence).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(()), // a newer lease exists: the fence tripped
-                Err(e) => {
-                    tracing::warn!(stream = %fence.key, "{e:#}; not starting the stream (the lease expires unless renewed)");
-                    return Ok(());
+            // Claimed before anything is read; retried while the lease is held (a
+            // server hiccup must not leave a leased stream idle until it expires).
+            let mut stop = stop;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match checkpoints::claim(&coll, &fence).await {
+                    Ok(true) => break,
+                    Ok(false) => return Ok(()), // a newer lease exists: the fence tripped
+                    Err(e) => {
+                        tracing::warn!(stream = %fence.key, "{e:#}; retrying in {delay:?}");
+                        if !retry::sleep_unless_stopped(delay, &mut stop).await {
+                            return Ok(());
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
                 }
             }
             let label = target.label();

@@ -160,6 +160,31 @@ pub struct PostgresHandle {
     audit_table: Option<String>,
 }
 
+/// Whether PostgreSQL answers as the sink would use it: the same URL, password
+/// and TLS settings, a connection and `SELECT 1` (for `/readyz`).
+pub async fn probe(cfg: &PostgresConfig) -> Result<(), String> {
+    let (mut pg, tls) = connect_config(cfg).map_err(|e| format!("{e:#}"))?;
+    pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+    pg.application_name("oplet-readyz");
+    let failed = |e: tokio_postgres::Error| {
+        let text = error_text(&e);
+        format!("cannot connect to PostgreSQL: {text}{}", super::tls::explain("postgres", &text))
+    };
+    let client = match tls {
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+    };
+    client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| format!("PostgreSQL refused SELECT 1: {}", error_text(&e)))
+}
+
 impl PostgresHandle {
     /// Starts the executor thread. It connects at once, but a PostgreSQL that is
     /// down only delays the rows (logged, retried); a malformed URL or audit

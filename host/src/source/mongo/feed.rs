@@ -61,7 +61,7 @@ impl Feed {
         }
         with_seq(&mut position, self.next_seq);
         self.next_seq += 1;
-        let ticket = self.tracker.ticket(self.next_ticket, Some(position.clone()));
+        let ticket = self.tracker.ticket_at(self.next_ticket, Some(position.clone()), event.time_ms);
         self.next_ticket += 1;
         self.last = Some(position);
         match self.tx.send(Envelope { event: Arc::new(event), ticket }).await {
