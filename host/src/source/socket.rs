@@ -728,6 +728,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_event_payload_is_its_first_argument_or_nil() {
+        let arg = |json: &str| serde_json::from_str::<FirstArg>(json).unwrap().0;
+        assert_eq!(arg("[]"), Value::Null);
+        assert_eq!(arg("[{\"n\": 1}]"), Value::Map([("n".to_string(), Value::Int(1))].into()));
+        assert_eq!(arg("[\"a\", 2, [3]]"), Value::from("a"));
+    }
+
+    #[test]
     fn config_keys_have_defaults_and_typos_are_errors() {
         let cfg: SocketConfig = toml::from_str("listen = \"127.0.0.1:0\"\nsecret = \"0123456789abcdef\"\n").unwrap();
         assert_eq!((cfg.name.as_str(), cfg.offline, cfg.hold_ms, cfg.hold_max), ("socket", Offline::Hold, 30_000, 10_000));
