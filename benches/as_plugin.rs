@@ -74,6 +74,8 @@ fn as_plugin(c: &mut Criterion) {
     // The same no-op under the other runtimes: `minimal` collects only when asked
     // (the PDK then collects once per event), `stub` never frees (a bounded bench only).
     let as_noop_minimal = asc("plugins/testing/as-noop/index.ts", &out("as-noop-minimal.wasm"), &["--runtime", "minimal"]);
+    // The PDK's call and reply without reading the event: splits the no-op's cost.
+    let as_reply_only = asc("plugins/testing/as-noop/reply-only.ts", &out("as-reply-only.wasm"), &[]);
     let as_paid = asc("examples/as-plugin/assembly/index.ts", &out("paid-orders.wasm"), &[]);
     std::fs::remove_dir_all(&build).unwrap();
     let rust = |name: &str| std::fs::read(oplet_tests::wasm_plugins().path(name)).unwrap();
@@ -96,6 +98,9 @@ fn as_plugin(c: &mut Criterion) {
     let mut inst = load(&runtime, &as_noop, "name = \"as-noop\"\n").new_instance().unwrap();
     assert_eq!(inst.handle(event).unwrap(), vec![]);
     g.bench_function("as_noop", |b| b.iter(|| inst.handle(event).unwrap()));
+    let mut inst = load(&runtime, &as_reply_only, "name = \"as-reply-only\"\n").new_instance().unwrap();
+    assert_eq!(inst.handle(event).unwrap(), vec![]);
+    g.bench_function("as_reply_only_no_event_read", |b| b.iter(|| inst.handle(event).unwrap()));
     let mut inst = load(&runtime, &as_noop_minimal, "name = \"as-noop\"\n").new_instance().unwrap();
     assert_eq!(inst.handle(event).unwrap(), vec![]);
     g.bench_function("as_noop_runtime_minimal", |b| b.iter(|| inst.handle(event).unwrap()));

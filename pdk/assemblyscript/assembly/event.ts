@@ -279,12 +279,13 @@ export class Event {
     const r = new Reader(ptr, end);
     const n = r.mapLen();
     for (let i: u32 = 0; i < n; i++) {
-      const key = r.str();
-      if (key == "seq") e.seq = <u64>r.int();
-      else if (key == "id") e.id = r.str();
-      else if (key == "source") e.source = r.str();
-      else if (key == "time_ms") e.timeMs = r.int();
-      else if (key == "body") readBody(e, r, end);
+      // Keys are compared as bytes, not decoded: a string less per key.
+      r.key();
+      if (r.keyIs("seq")) e.seq = <u64>r.int();
+      else if (r.keyIs("id")) e.id = r.str();
+      else if (r.keyIs("source")) e.source = r.str();
+      else if (r.keyIs("time_ms")) e.timeMs = r.int();
+      else if (r.keyIs("body")) readBody(e, r, end);
       else r.skip();
     }
     return e;
@@ -292,18 +293,19 @@ export class Event {
 }
 
 function nullable(r: Reader, end: usize): Val | null {
-  const v = new Val(r.pos, end);
+  const at = r.pos;
+  if (at < end && load<u8>(at) == 0xc0) { r.pos = at + 1; return null; }
   r.skip();
-  return v.isNull() ? null : v;
+  return new Val(at, end);
 }
 
 function readBody(e: Event, r: Reader, end: usize): void {
   const n = r.mapLen();
   let dataAt: usize = 0;
   for (let i: u32 = 0; i < n; i++) {
-    const key = r.str();
-    if (key == "kind") e.kind = r.str();
-    else if (key == "data") { dataAt = r.pos; r.skip(); }
+    r.key();
+    if (r.keyIs("kind")) e.kind = r.str();
+    else if (r.keyIs("data")) { dataAt = r.pos; r.skip(); }
     else r.skip();
   }
   if (dataAt == 0) return;
@@ -313,25 +315,25 @@ function readBody(e: Event, r: Reader, end: usize): void {
   if (e.kind == "change") {
     const c = new Change();
     for (let i: u32 = 0; i < m; i++) {
-      const key = d.str();
-      if (key == "op") c.op = d.str();
-      else if (key == "db") c.db = d.str();
-      else if (key == "coll") c.coll = d.str();
-      else if (key == "key") c.key = nullable(d, end);
-      else if (key == "full_document") c.fullDocument = nullable(d, end);
-      else if (key == "updated_fields") c.updatedFields = nullable(d, end);
-      else if (key == "removed_fields") c.removedFields = nullable(d, end);
-      else if (key == "before") c.before = nullable(d, end);
+      d.key();
+      if (d.keyIs("op")) c.op = d.str();
+      else if (d.keyIs("db")) c.db = d.str();
+      else if (d.keyIs("coll")) c.coll = d.str();
+      else if (d.keyIs("key")) c.key = nullable(d, end);
+      else if (d.keyIs("full_document")) c.fullDocument = nullable(d, end);
+      else if (d.keyIs("updated_fields")) c.updatedFields = nullable(d, end);
+      else if (d.keyIs("removed_fields")) c.removedFields = nullable(d, end);
+      else if (d.keyIs("before")) c.before = nullable(d, end);
       else d.skip();
     }
     e.change = c;
   } else if (e.kind == "socket") {
     const s = new SocketEvent();
     for (let i: u32 = 0; i < m; i++) {
-      const key = d.str();
-      if (key == "client") s.client = d.str();
-      else if (key == "event") s.event = d.str();
-      else if (key == "payload") s.payload = nullable(d, end);
+      d.key();
+      if (d.keyIs("client")) s.client = d.str();
+      else if (d.keyIs("event")) s.event = d.str();
+      else if (d.keyIs("payload")) s.payload = nullable(d, end);
       else d.skip();
     }
     e.socket = s;
