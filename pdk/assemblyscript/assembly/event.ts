@@ -25,8 +25,11 @@ export class Val {
   /** Whether this is the string `s`, without decoding it. */
   equalsString(s: string): bool {
     if (!this.isString()) return false;
+    const r = this.reader();
+    // An ASCII `s` (the usual case) is compared char by char: no UTF-8 copy of it.
+    if (isAscii(s)) { r.key(); return r.keyIs(s); }
     const bytes = String.UTF8.encode(s);
-    return this.reader().strEquals(changetype<usize>(bytes), bytes.byteLength);
+    return r.strEquals(changetype<usize>(bytes), bytes.byteLength);
   }
 
   /** An integer (a float with no fraction counts), else `fallback`. */
@@ -61,8 +64,25 @@ export class Val {
   /** The field `key` of a map, or null. */
   get(key: string): Val | null {
     if (!this.isMap()) return null;
+    if (isAscii(key)) return this.findAscii(key);
     const bytes = String.UTF8.encode(key);
     return this.find(changetype<usize>(bytes), bytes.byteLength);
+  }
+
+  /** `find` for an ASCII key: compared with each key's bytes, no UTF-8 copy of it. */
+  private findAscii(key: string): Val | null {
+    const r = this.reader();
+    const n = r.mapLen();
+    for (let i: u32 = 0; i < n; i++) {
+      if (r.kind() == Kind.Str) {
+        r.key();
+        if (r.keyIs(key)) return new Val(r.pos, this.end);
+      } else {
+        r.skip();
+      }
+      r.skip();
+    }
+    return null;
   }
 
   private find(key: usize, keyLen: usize): Val | null {
@@ -91,6 +111,8 @@ export class Val {
 
   /** A nested value by dotted path: "profile.name", "items.0.sku". */
   path(path: string): Val | null {
+    // One segment (the usual `field("status")`): no split, no array of parts.
+    if (path.indexOf(".") < 0 && this.isMap()) return this.get(path);
     let cur: Val | null = this;
     const parts = path.split(".");
     for (let i = 0; i < parts.length && cur != null; i++) {
@@ -202,6 +224,11 @@ function quote(s: string): string {
 }
 
 /** A change in a database collection (docs/abi.md §7.2). */
+function isAscii(s: string): bool {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) >= 0x80) return false;
+  return true;
+}
+
 // Header strings are decoded on first use (then kept): a plugin that never reads
 // `id` or `db` does not pay for a string it does not use. `*At` is where the
 // string's MessagePack bytes are (0: absent, read as "").
