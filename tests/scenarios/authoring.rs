@@ -2,7 +2,9 @@
 //! project (Rust or AssemblyScript) in a folder outside the repository that builds
 //! and passes its own expected-effects test as written; a changed handler fails
 //! with a diff and a non-zero exit until `--update`; and `events record` captures
-//! MongoDB changes that `plugin test` replays exactly as the running host ran them.
+//! MongoDB changes and Socket.IO client events (real python-socketio clients) that
+//! `plugin test` replays exactly as the running host ran them, and on a full disk
+//! fails naming it while keeping only whole events.
 
 use mongodb::bson::{doc, Document};
 use oplet_tests::{free_port, install_plugin_from, oplet_bin, repo_root, wasm_plugins, Mongo, Oplet};
@@ -448,4 +450,45 @@ async fn recorded_socket_io_events_replay_through_plugin_test_as_the_host_ran_th
     assert!(recorder.logs().contains("recorded 1 event(s)"), "{}", recorder.logs());
     assert_eq!(read_lines(&again).len(), 1);
     drop(host);
+}
+
+/// A tmpfs mounted for one test (needs root, as the durability scenario); unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output().expect("run mount (this test needs root)");
+        assert!(out.status.success(), "mount a tmpfs on {} failed (this test needs root): {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let out = Command::new("umount").arg(&self.0).output().expect("run umount");
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("umount {}: {}", self.0.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+#[test]
+fn a_recording_that_fills_the_disk_fails_naming_it_and_keeps_only_whole_events() {
+    let dir = oplet_tests::temp_dir();
+    // 1,000 events of ~600 bytes from a JSON-lines source; the output disk holds ~100.
+    let line = serde_json::json!({"body": {"kind": "change", "data": {"op": "insert", "db": "app", "coll": "orders", "key": {"_id": "o1"}, "full_document": {"_id": "o1", "pad": "x".repeat(500)}}}});
+    std::fs::write(dir.path().join("events.jsonl"), format!("{line}\n").repeat(1000)).unwrap();
+    std::fs::write(dir.path().join("oplet.toml"), "[[source]]\ntype = \"jsonl\"\nname = \"events\"\npath = \"events.jsonl\"\n").unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("full"), "64k");
+    let out = oplet(dir.path(), &["events", "record", "--config", "oplet.toml", "--source", "events", "--out", "full/recorded.jsonl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No space left on device") && stderr.contains("whole event(s) before it"), "{stderr}");
+    let recorded = std::fs::read_to_string(disk.0.join("recorded.jsonl")).unwrap();
+    assert!(!recorded.is_empty() && recorded.ends_with('\n'), "no torn last line: {:?}", &recorded[recorded.len().saturating_sub(80)..]);
+    let n = recorded.lines().count();
+    assert!(stderr.contains(&format!("the file keeps the {n} whole event(s)")), "{stderr}");
+    // Every line left is an event plugin test reads.
+    assert!(recorded.lines().all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["body"]["kind"] == "change")));
 }
