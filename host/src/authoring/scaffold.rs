@@ -212,6 +212,14 @@ mod tests {
                 assert!(!text.contains("{{"), "{} has an unfilled placeholder", entry.display());
             }
             assert!(project.join("order-audit.toml").is_file());
+            // deploy.sh copies the module cargo or asc really writes, as NAME.wasm.
+            use std::os::unix::fs::PermissionsExt;
+            let deploy = project.join("deploy.sh");
+            assert_eq!(std::fs::metadata(&deploy).unwrap().permissions().mode() & 0o777, 0o755);
+            let script = std::fs::read_to_string(&deploy).unwrap();
+            let built = if lang == Lang::Rust { "module=\"${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/order_audit.wasm\"" } else { "module=\"order-audit.wasm\"" };
+            assert!(script.contains(built), "{script}");
+            assert!(script.contains("mv \"$dir/.order-audit.wasm.tmp\" \"$dir/order-audit.wasm\""), "{script}");
             let again = new_plugin("order-audit", lang, Some(&project)).unwrap_err().to_string();
             assert!(again.contains("already exists and is not empty"), "{again}");
         }
