@@ -1,7 +1,8 @@
 //! Per-event cost of plugins written in AssemblyScript (pdk/assemblyscript), beside
-//! the same work in Rust measured in the same run: the no-op plugins (the PDK's and
-//! the SDK's fixed cost per call) and paid-orders vs the Rust `hello` (read three
-//! fields lazily, build one audit record). Read the AS figures as ratios to Rust's.
+//! the same work in Rust measured in the same run: the host's own part (a WAT module
+//! that decodes nothing), the no-op plugins (the PDK's and the SDK's fixed cost per
+//! call, the AS one under each `--runtime`), and paid-orders vs the Rust `hello` (read
+//! three fields lazily, build one audit record). Read the figures as ratios.
 //! Run: `cargo bench -p oplet-benches --bench as_plugin` (needs `npm ci` in pdk/assemblyscript).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -13,7 +14,7 @@ use std::process::Command;
 
 /// Compiles `entry` (relative to the repository) with the PDK's pinned `asc`, as
 /// tests/scenarios/assemblyscript.rs does, into a folder removed after the run.
-fn asc(entry: &str, out: &Path) -> Vec<u8> {
+fn asc(entry: &str, out: &Path, extra: &[&str]) -> Vec<u8> {
     let root = oplet_tests::repo_root();
     let pdk = root.join("pdk/assemblyscript");
     let asc = pdk.join("node_modules/.bin/asc");
@@ -24,6 +25,7 @@ fn asc(entry: &str, out: &Path) -> Vec<u8> {
         .arg("-o")
         .arg(out)
         .args(["--optimizeLevel", "3", "--shrinkLevel", "1", "--noAssert", "--use", "abort=../../pdk/assemblyscript/assembly/abi/opletAbort"])
+        .args(extra)
         .status()
         .expect("run asc (node is needed)");
     assert!(status.success(), "asc {entry} failed: {status}");
@@ -68,8 +70,13 @@ fn as_plugin(c: &mut Criterion) {
     let build = std::env::temp_dir().join(format!("oplet-bench-as-{}", std::process::id()));
     std::fs::create_dir_all(&build).unwrap();
     let out = |n: &str| -> PathBuf { build.join(n) };
-    let as_noop = asc("plugins/testing/as-noop/index.ts", &out("as-noop.wasm"));
-    let as_paid = asc("examples/as-plugin/assembly/index.ts", &out("paid-orders.wasm"));
+    let as_noop = asc("plugins/testing/as-noop/index.ts", &out("as-noop.wasm"), &[]);
+    // The same no-op under the other runtimes: `minimal` collects only when asked
+    // (the PDK then collects once per event), `stub` never frees (a bounded bench only).
+    let as_noop_minimal = asc("plugins/testing/as-noop/index.ts", &out("as-noop-minimal.wasm"), &["--runtime", "minimal"]);
+    // The PDK's call and reply without reading the event: splits the no-op's cost.
+    let as_reply_only = asc("plugins/testing/as-noop/reply-only.ts", &out("as-reply-only.wasm"), &[]);
+    let as_paid = asc("examples/as-plugin/assembly/index.ts", &out("paid-orders.wasm"), &[]);
     std::fs::remove_dir_all(&build).unwrap();
     let rust = |name: &str| std::fs::read(oplet_tests::wasm_plugins().path(name)).unwrap();
 
@@ -79,6 +86,11 @@ fn as_plugin(c: &mut Criterion) {
     let mut g = c.benchmark_group("as_plugin");
     g.throughput(Throughput::Elements(1));
 
+    // The host's own part: a hand-written module that decodes nothing.
+    let mut inst = load(&runtime, &rust("wat-plugin"), "name = \"wat-plugin\"\n").new_instance().unwrap();
+    inst.handle(event).unwrap();
+    g.bench_function("host_side_only_wat", |b| b.iter(|| inst.handle(event).unwrap()));
+
     // The baseline: the Rust SDK's no-op, then the PDK's.
     let mut inst = load(&runtime, &rust("noop"), "name = \"noop\"\n").new_instance().unwrap();
     assert_eq!(inst.handle(event).unwrap(), vec![]);
@@ -86,6 +98,12 @@ fn as_plugin(c: &mut Criterion) {
     let mut inst = load(&runtime, &as_noop, "name = \"as-noop\"\n").new_instance().unwrap();
     assert_eq!(inst.handle(event).unwrap(), vec![]);
     g.bench_function("as_noop", |b| b.iter(|| inst.handle(event).unwrap()));
+    let mut inst = load(&runtime, &as_reply_only, "name = \"as-reply-only\"\n").new_instance().unwrap();
+    assert_eq!(inst.handle(event).unwrap(), vec![]);
+    g.bench_function("as_reply_only_no_event_read", |b| b.iter(|| inst.handle(event).unwrap()));
+    let mut inst = load(&runtime, &as_noop_minimal, "name = \"as-noop\"\n").new_instance().unwrap();
+    assert_eq!(inst.handle(event).unwrap(), vec![]);
+    g.bench_function("as_noop_runtime_minimal", |b| b.iter(|| inst.handle(event).unwrap()));
 
     // The same plugin in both languages: one audit record for the paid order.
     let mut inst = load(&runtime, &rust("hello"), "name = \"hello\"\n[config]\npaid_status = \"paid\"\n").new_instance().unwrap();

@@ -56,9 +56,9 @@ pub fn record(opts: &Options) -> anyhow::Result<ExitCode> {
         copy_checkpoints(&config.state_dir.join("checkpoints"), &scratch.0.join("checkpoints"), opts.source)?;
     }
     let dead = Arc::new(DeadLetters::open(&scratch.0.join("dead-letters.jsonl"))?);
-    let mut out: Box<dyn Write + Send> = match opts.out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
-        None => Box::new(std::io::stdout()),
+    let mut out = match opts.out {
+        Some(p) => Lines::file(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)?,
+        None => Lines::stdout(),
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -121,7 +121,7 @@ pub fn record(opts: &Options) -> anyhow::Result<ExitCode> {
 /// flushed at once so a reader (or `tail -f`) sees it.
 async fn write_events(
     mut rx: mpsc::Receiver<Envelope>,
-    out: &mut Box<dyn Write + Send>,
+    out: &mut Lines,
     limit: Option<u64>,
     shutdown: &watch::Sender<bool>,
     task: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -134,7 +134,7 @@ async fn write_events(
                 let Some(env) = env else { break };
                 let event = env.event.decode().map_err(|e| anyhow::anyhow!("an event that cannot be read back: {e}"))?;
                 let line = serde_json::to_string(&event).context("an event that is not JSON")?;
-                writeln!(out, "{line}").and_then(|()| out.flush()).context("cannot write the recorded event")?;
+                out.line(&line)?;
                 written += 1;
                 // Done: the recorder's own tracker may move on.
                 drop(env);
@@ -150,7 +150,7 @@ async fn write_events(
                 while let Ok(env) = rx.try_recv() {
                     if limit.is_some_and(|l| written >= l) { break; }
                     let event = env.event.decode().map_err(|e| anyhow::anyhow!("an event that cannot be read back: {e}"))?;
-                    writeln!(out, "{}", serde_json::to_string(&event)?).and_then(|()| out.flush())?;
+                    out.line(&serde_json::to_string(&event)?)?;
                     written += 1;
                 }
                 let _ = shutdown.send(true);
@@ -163,6 +163,51 @@ async fn write_events(
         }
     }
     Ok(written)
+}
+
+/// Where recorded lines go. A line that cannot be written whole (a full disk) is
+/// cut off the file again, so the file holds only whole events, each one readable.
+struct Lines {
+    out: Box<dyn Write + Send>,
+    /// The output file, to cut a torn last line; `None` for standard output.
+    file: Option<std::fs::File>,
+    /// Bytes of whole lines written so far.
+    good: u64,
+    lines: u64,
+}
+
+impl Lines {
+    fn file(f: std::fs::File) -> anyhow::Result<Lines> {
+        let cut = f.try_clone().context("cannot duplicate the output file handle")?;
+        Ok(Lines { out: Box::new(f), file: Some(cut), good: 0, lines: 0 })
+    }
+
+    fn stdout() -> Lines {
+        Lines { out: Box::new(std::io::stdout()), file: None, good: 0, lines: 0 }
+    }
+
+    fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        let mut bytes = Vec::with_capacity(text.len() + 1);
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.push(b'\n');
+        match self.out.write_all(&bytes).and_then(|()| self.out.flush()) {
+            Ok(()) => {
+                self.good += bytes.len() as u64;
+                self.lines += 1;
+                Ok(())
+            }
+            Err(e) => {
+                let kept = match &self.file {
+                    Some(f) => match f.set_len(self.good) {
+                        Ok(()) => format!("; the file keeps the {} whole event(s) before it", self.lines),
+                        Err(cut) => format!("; its torn last line could not be cut off ({cut}): drop the last line before using the file"),
+                    },
+                    None => String::new(),
+                };
+                Err(anyhow::anyhow!("cannot write recorded event {}: {e}{kept}", self.lines + 1))
+            }
+        }
+    }
 }
 
 /// Copies `SOURCE.json` and the per-stream `SOURCE.*.json` checkpoints.

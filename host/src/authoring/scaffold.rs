@@ -17,6 +17,9 @@ pub enum Lang {
 const EVENTS: &str = include_str!("../../templates/common/events.jsonl");
 const EXPECTED: &str = include_str!("../../templates/common/expected.jsonl");
 const MANIFEST: &str = include_str!("../../templates/common/manifest.toml");
+/// Copies the built module under the name the host needs (`NAME.wasm`): cargo names
+/// a Rust module after the crate, with '-' turned into '_'.
+const DEPLOY: &str = include_str!("../../templates/common/deploy.sh");
 
 /// (path in the project, template text); `NAME` in a path is the plugin's name.
 const RUST: &[(&str, &str)] = &[
@@ -28,6 +31,7 @@ const RUST: &[(&str, &str)] = &[
     ("NAME.toml", MANIFEST),
     ("events.jsonl", EVENTS),
     ("expected.jsonl", EXPECTED),
+    ("deploy.sh", DEPLOY),
 ];
 
 const ASSEMBLYSCRIPT: &[(&str, &str)] = &[
@@ -38,6 +42,7 @@ const ASSEMBLYSCRIPT: &[(&str, &str)] = &[
     ("NAME.toml", MANIFEST),
     ("events.jsonl", EVENTS),
     ("expected.jsonl", EXPECTED),
+    ("deploy.sh", DEPLOY),
 ];
 
 /// Where the SDK or PDK of this build is: `$OPLET_SDK_DIR` / `$OPLET_PDK_DIR`,
@@ -119,11 +124,18 @@ pub fn new_plugin(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<
         Lang::Rust => {
             let sdk = locate("OPLET_SDK_DIR", "sdk", "sdk", "Cargo.toml")?;
             vars.push(("{{sdk_path}}", toml_path(&sdk)?));
+            vars.push(("{{module}}", rust_module(name)));
+            // A shell path: cargo writes under $CARGO_TARGET_DIR when it is set.
+            vars.push(("{{module_sh}}", rust_module(name).replacen("target/", "${CARGO_TARGET_DIR:-target}/", 1)));
+            vars.push(("{{build}}", "cargo build --release --target wasm32-unknown-unknown".into()));
             RUST
         }
         Lang::AssemblyScript => {
             let pdk = locate("OPLET_PDK_DIR", "pdk", "pdk/assemblyscript", "assembly/abi.ts")?;
             vars.push(("{{pdk_path}}", pdk.display().to_string()));
+            vars.push(("{{module}}", format!("{name}.wasm")));
+            vars.push(("{{module_sh}}", format!("{name}.wasm")));
+            vars.push(("{{build}}", "npm install && npm run build".into()));
             ASSEMBLYSCRIPT
         }
     };
@@ -137,8 +149,17 @@ pub fn new_plugin(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        if path.extension().is_some_and(|e| e == "sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("cannot make {} executable", path.display()))?;
+        }
     }
     Ok(project)
+}
+
+/// Where cargo writes a Rust plugin's module: named after the crate, '-' → '_'.
+fn rust_module(name: &str) -> String {
+    format!("target/wasm32-unknown-unknown/release/{}.wasm", name.replace('-', "_"))
 }
 
 /// A path as it may sit inside a TOML basic string.
@@ -152,13 +173,14 @@ pub fn next_steps(name: &str, lang: Lang, project: &Path) -> String {
     let cd = format!("cd {}", project.display());
     match lang {
         Lang::Rust => format!(
-            "created {name} (Rust) in {}\nnext:\n  {cd}\n  cargo test\n  cargo build --release --target wasm32-unknown-unknown\n  {} plugin test target/wasm32-unknown-unknown/release/{}.wasm --manifest {name}.toml --events events.jsonl --expect expected.jsonl --check-capabilities\n(README.md says how to deploy it)",
+            "created {name} (Rust) in {}\nnext:\n  {cd}\n  cargo test\n  cargo build --release --target wasm32-unknown-unknown\n  {} plugin test {} --manifest {name}.toml --events events.jsonl --expect expected.jsonl --check-capabilities\n  ./deploy.sh PLUGIN_DIR    # copies {} as {name}.wasm, manifest first (README.md)",
             project.display(),
             oplet_command(),
-            name.replace('-', "_")
+            rust_module(name),
+            rust_module(name),
         ),
         Lang::AssemblyScript => format!(
-            "created {name} (AssemblyScript) in {}\nnext:\n  {cd}\n  npm install && npm run build\n  npm test\n(README.md says how to deploy it)",
+            "created {name} (AssemblyScript) in {}\nnext:\n  {cd}\n  npm install && npm run build     # writes {name}.wasm\n  npm test\n  ./deploy.sh PLUGIN_DIR    # copies {name}.wasm and its manifest, manifest first (README.md)",
             project.display()
         ),
     }
@@ -190,6 +212,14 @@ mod tests {
                 assert!(!text.contains("{{"), "{} has an unfilled placeholder", entry.display());
             }
             assert!(project.join("order-audit.toml").is_file());
+            // deploy.sh copies the module cargo or asc really writes, as NAME.wasm.
+            use std::os::unix::fs::PermissionsExt;
+            let deploy = project.join("deploy.sh");
+            assert_eq!(std::fs::metadata(&deploy).unwrap().permissions().mode() & 0o777, 0o755);
+            let script = std::fs::read_to_string(&deploy).unwrap();
+            let built = if lang == Lang::Rust { "module=\"${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/order_audit.wasm\"" } else { "module=\"order-audit.wasm\"" };
+            assert!(script.contains(built), "{script}");
+            assert!(script.contains("mv \"$dir/.order-audit.wasm.tmp\" \"$dir/order-audit.wasm\""), "{script}");
             let again = new_plugin("order-audit", lang, Some(&project)).unwrap_err().to_string();
             assert!(again.contains("already exists and is not empty"), "{again}");
         }

@@ -32,6 +32,30 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// A client event's data: its first argument, or nil when it has none (`emit("ready")`,
+/// docs/abi.md §7.3). Read as a tuple, so socketioxide hands over the whole argument
+/// list: asked for a plain `Value`, it refuses an event without data.
+struct FirstArg(Value);
+
+impl<'de> Deserialize<'de> for FirstArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Args;
+        impl<'de> serde::de::Visitor<'de> for Args {
+            type Value = FirstArg;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the event's arguments")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FirstArg, A::Error> {
+                let first = seq.next_element::<Value>()?.unwrap_or(Value::Null);
+                // Later arguments are not part of the event (§7.3): read past them.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstArg(first))
+            }
+        }
+        d.deserialize_tuple(usize::MAX, Args)
+    }
+}
+
 /// `[socket]` in the host config. Every key is documented in docs/socket.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -481,7 +505,8 @@ fn connected(shared: &Arc<Shared>, s: &SocketRef, uuid: String) {
     // A client that asks for an acknowledgement (`emitWithAck`, or a callback as
     // the last argument) gets `{ok: true}` once the event is queued into the host
     // (not yet handled by plugins), or `{ok: false, error}` when it is refused.
-    s.on_fallback(move |EventName(name): EventName, TryData(payload): TryData<Value>, ack: AckSender| {
+    s.on_fallback(move |EventName(name): EventName, TryData(payload): TryData<FirstArg>, ack: AckSender| {
+        let payload = payload.map(|FirstArg(p)| p);
         let outcome = if name.len() > MAX_EVENT_NAME {
             Err(format!("event name is longer than {MAX_EVENT_NAME} bytes"))
         } else {
@@ -701,6 +726,14 @@ impl Emitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_payload_is_its_first_argument_or_nil() {
+        let arg = |json: &str| serde_json::from_str::<FirstArg>(json).unwrap().0;
+        assert_eq!(arg("[]"), Value::Null);
+        assert_eq!(arg("[{\"n\": 1}]"), Value::Map([("n".to_string(), Value::Int(1))].into()));
+        assert_eq!(arg("[\"a\", 2, [3]]"), Value::from("a"));
+    }
 
     #[test]
     fn config_keys_have_defaults_and_typos_are_errors() {

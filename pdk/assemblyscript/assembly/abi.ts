@@ -70,6 +70,9 @@ function finish(effects: Effect[] | null): u64 {
     }
   }
   failure = null;
+  // `--runtime minimal` frees only when asked: everything the call built is garbage
+  // now (the reply and the input buffer are globals), so collect once per call.
+  if (ASC_RUNTIME == 1) __collect();
   return (<u64>reply.ptr() << 32) | <u64>reply.len;
 }
 

@@ -25,8 +25,11 @@ export class Val {
   /** Whether this is the string `s`, without decoding it. */
   equalsString(s: string): bool {
     if (!this.isString()) return false;
+    const r = this.reader();
+    // An ASCII `s` (the usual case) is compared char by char: no UTF-8 copy of it.
+    if (isAscii(s)) { r.key(); return r.keyIs(s); }
     const bytes = String.UTF8.encode(s);
-    return this.reader().strEquals(changetype<usize>(bytes), bytes.byteLength);
+    return r.strEquals(changetype<usize>(bytes), bytes.byteLength);
   }
 
   /** An integer (a float with no fraction counts), else `fallback`. */
@@ -61,8 +64,25 @@ export class Val {
   /** The field `key` of a map, or null. */
   get(key: string): Val | null {
     if (!this.isMap()) return null;
+    if (isAscii(key)) return this.findAscii(key);
     const bytes = String.UTF8.encode(key);
     return this.find(changetype<usize>(bytes), bytes.byteLength);
+  }
+
+  /** `find` for an ASCII key: compared with each key's bytes, no UTF-8 copy of it. */
+  private findAscii(key: string): Val | null {
+    const r = this.reader();
+    const n = r.mapLen();
+    for (let i: u32 = 0; i < n; i++) {
+      if (r.kind() == Kind.Str) {
+        r.key();
+        if (r.keyIs(key)) return new Val(r.pos, this.end);
+      } else {
+        r.skip();
+      }
+      r.skip();
+    }
+    return null;
   }
 
   private find(key: usize, keyLen: usize): Val | null {
@@ -91,6 +111,8 @@ export class Val {
 
   /** A nested value by dotted path: "profile.name", "items.0.sku". */
   path(path: string): Val | null {
+    // One segment (the usual `field("status")`): no split, no array of parts.
+    if (path.indexOf(".") < 0 && this.isMap()) return this.get(path);
     let cur: Val | null = this;
     const parts = path.split(".");
     for (let i = 0; i < parts.length && cur != null; i++) {
@@ -202,12 +224,52 @@ function quote(s: string): string {
 }
 
 /** A change in a database collection (docs/abi.md §7.2). */
+function isAscii(s: string): bool {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) >= 0x80) return false;
+  return true;
+}
+
+// Header strings are decoded on first use (then kept): a plugin that never reads
+// `id` or `db` does not pay for a string it does not use. `*At` is where the
+// string's MessagePack bytes are (0: absent, read as "").
+const scratch = new Reader(0, 0);
+
+function strAt(pos: usize, end: usize): string {
+  if (pos == 0) return "";
+  scratch.pos = pos;
+  scratch.end = end;
+  return scratch.str();
+}
+
+/** Whether the string at `pos` is the ASCII `s`, without decoding it. */
+function strIs(pos: usize, end: usize, s: string): bool {
+  if (pos == 0) return false;
+  scratch.pos = pos;
+  scratch.end = end;
+  scratch.key();
+  return scratch.keyIs(s);
+}
+
+/** Records where the string at the reader is and moves past it (a non-string throws, as before). */
+function strPos(r: Reader): usize {
+  const at = r.pos;
+  r.key();
+  return at;
+}
+
 export class Change {
+  end: usize = 0;
+  opAt: usize = 0;
+  dbAt: usize = 0;
+  collAt: usize = 0;
+  private opS: string | null = null;
+  private dbS: string | null = null;
+  private collS: string | null = null;
   /** "insert", "update", "replace", "delete", ...; "snapshot" for an existing
    *  document read by the host's initial snapshot or `oplet backfill`. */
-  op: string = "";
-  db: string = "";
-  coll: string = "";
+  get op(): string { let s = this.opS; if (s == null) { s = strAt(this.opAt, this.end); this.opS = s; } return s; }
+  get db(): string { let s = this.dbS; if (s == null) { s = strAt(this.dbAt, this.end); this.dbS = s; } return s; }
+  get coll(): string { let s = this.collS; if (s == null) { s = strAt(this.collAt, this.end); this.collS = s; } return s; }
   /** The documentKey, usually {"_id": ...}. */
   key: Val | null = null;
   /** The whole document after the change, when the server sent it. */
@@ -256,19 +318,31 @@ export class Change {
 
 /** An event a Socket.IO client sent (docs/abi.md §7.3). */
 export class SocketEvent {
-  client: string = "";
-  event: string = "";
+  end: usize = 0;
+  clientAt: usize = 0;
+  eventAt: usize = 0;
+  private clientS: string | null = null;
+  private eventS: string | null = null;
+  get client(): string { let s = this.clientS; if (s == null) { s = strAt(this.clientAt, this.end); this.clientS = s; } return s; }
+  get event(): string { let s = this.eventS; if (s == null) { s = strAt(this.eventAt, this.end); this.eventS = s; } return s; }
   payload: Val | null = null;
 }
 
-/** One event (docs/abi.md §7.1). Header fields are read once; documents stay bytes. */
+/** One event (docs/abi.md §7.1). Header numbers are read once, header strings on first use; documents stay bytes. */
 export class Event {
   seq: u64 = 0;
-  id: string = "";
-  source: string = "";
   timeMs: i64 = 0;
+  end: usize = 0;
+  idAt: usize = 0;
+  sourceAt: usize = 0;
+  kindAt: usize = 0;
+  private idS: string | null = null;
+  private sourceS: string | null = null;
+  private kindS: string | null = null;
+  get id(): string { let s = this.idS; if (s == null) { s = strAt(this.idAt, this.end); this.idS = s; } return s; }
+  get source(): string { let s = this.sourceS; if (s == null) { s = strAt(this.sourceAt, this.end); this.sourceS = s; } return s; }
   /** "change", "socket", or a kind this PDK does not know (a newer host). */
-  kind: string = "";
+  get kind(): string { let s = this.kindS; if (s == null) { s = strAt(this.kindAt, this.end); this.kindS = s; } return s; }
   change: Change | null = null;
   socket: SocketEvent | null = null;
 
@@ -276,15 +350,17 @@ export class Event {
   static read(ptr: usize, len: usize): Event {
     const end = ptr + len;
     const e = new Event();
+    e.end = end;
     const r = new Reader(ptr, end);
     const n = r.mapLen();
     for (let i: u32 = 0; i < n; i++) {
-      const key = r.str();
-      if (key == "seq") e.seq = <u64>r.int();
-      else if (key == "id") e.id = r.str();
-      else if (key == "source") e.source = r.str();
-      else if (key == "time_ms") e.timeMs = r.int();
-      else if (key == "body") readBody(e, r, end);
+      // Keys are compared as bytes, not decoded: a string less per key.
+      r.key();
+      if (r.keyIs("seq")) e.seq = <u64>r.int();
+      else if (r.keyIs("id")) e.idAt = strPos(r);
+      else if (r.keyIs("source")) e.sourceAt = strPos(r);
+      else if (r.keyIs("time_ms")) e.timeMs = r.int();
+      else if (r.keyIs("body")) readBody(e, r, end);
       else r.skip();
     }
     return e;
@@ -292,46 +368,49 @@ export class Event {
 }
 
 function nullable(r: Reader, end: usize): Val | null {
-  const v = new Val(r.pos, end);
+  const at = r.pos;
+  if (at < end && load<u8>(at) == 0xc0) { r.pos = at + 1; return null; }
   r.skip();
-  return v.isNull() ? null : v;
+  return new Val(at, end);
 }
 
 function readBody(e: Event, r: Reader, end: usize): void {
   const n = r.mapLen();
   let dataAt: usize = 0;
   for (let i: u32 = 0; i < n; i++) {
-    const key = r.str();
-    if (key == "kind") e.kind = r.str();
-    else if (key == "data") { dataAt = r.pos; r.skip(); }
+    r.key();
+    if (r.keyIs("kind")) e.kindAt = strPos(r);
+    else if (r.keyIs("data")) { dataAt = r.pos; r.skip(); }
     else r.skip();
   }
   if (dataAt == 0) return;
   const d = new Reader(dataAt, end);
   if (d.kind() != Kind.Map) return;
   const m = d.mapLen();
-  if (e.kind == "change") {
+  if (strIs(e.kindAt, end, "change")) {
     const c = new Change();
+    c.end = end;
     for (let i: u32 = 0; i < m; i++) {
-      const key = d.str();
-      if (key == "op") c.op = d.str();
-      else if (key == "db") c.db = d.str();
-      else if (key == "coll") c.coll = d.str();
-      else if (key == "key") c.key = nullable(d, end);
-      else if (key == "full_document") c.fullDocument = nullable(d, end);
-      else if (key == "updated_fields") c.updatedFields = nullable(d, end);
-      else if (key == "removed_fields") c.removedFields = nullable(d, end);
-      else if (key == "before") c.before = nullable(d, end);
+      d.key();
+      if (d.keyIs("op")) c.opAt = strPos(d);
+      else if (d.keyIs("db")) c.dbAt = strPos(d);
+      else if (d.keyIs("coll")) c.collAt = strPos(d);
+      else if (d.keyIs("key")) c.key = nullable(d, end);
+      else if (d.keyIs("full_document")) c.fullDocument = nullable(d, end);
+      else if (d.keyIs("updated_fields")) c.updatedFields = nullable(d, end);
+      else if (d.keyIs("removed_fields")) c.removedFields = nullable(d, end);
+      else if (d.keyIs("before")) c.before = nullable(d, end);
       else d.skip();
     }
     e.change = c;
-  } else if (e.kind == "socket") {
+  } else if (strIs(e.kindAt, end, "socket")) {
     const s = new SocketEvent();
+    s.end = end;
     for (let i: u32 = 0; i < m; i++) {
-      const key = d.str();
-      if (key == "client") s.client = d.str();
-      else if (key == "event") s.event = d.str();
-      else if (key == "payload") s.payload = nullable(d, end);
+      d.key();
+      if (d.keyIs("client")) s.clientAt = strPos(d);
+      else if (d.keyIs("event")) s.eventAt = strPos(d);
+      else if (d.keyIs("payload")) s.payload = nullable(d, end);
       else d.skip();
     }
     e.socket = s;

@@ -62,6 +62,28 @@ export class Reader {
     return s;
   }
 
+  /** Where the last `key()` is in memory, and its length in bytes. */
+  kpos: usize = 0;
+  klen: usize = 0;
+
+  /** Moves past a map key without decoding it; compare it with `keyIs`. */
+  key(): void {
+    const n = this.strLen();
+    this.kpos = this.pos;
+    this.klen = n;
+    this.pos += n;
+  }
+
+  /** Whether the last `key()` is the ASCII string `s` (no allocation). */
+  keyIs(s: string): bool {
+    const n = <usize>s.length;
+    if (n != this.klen) return false;
+    for (let i: usize = 0; i < n; i++) {
+      if (<u32>load<u8>(this.kpos + i) != <u32>s.charCodeAt(<i32>i)) return false;
+    }
+    return true;
+  }
+
   /** Whether the string at pos equals the UTF-8 bytes at (key, keyLen); moves past it. */
   strEquals(key: usize, keyLen: usize): bool {
     const n = this.strLen();

@@ -1,16 +1,16 @@
 // {{name}}: an Oplet plugin in AssemblyScript. On every change to an order it
-// drops the order's cached copy, and when the order becomes paid it writes an
-// audit record. Edit the onEvent handler; `npm run build && npm test` checks it
-// against expected.jsonl (see README.md).
+// writes a line in the host's log, and when the order becomes paid it writes an
+// audit record: both work on a host with no Redis or PostgreSQL configured.
+// Edit the onEvent handler; `npm run build && npm test` checks it against
+// expected.jsonl (see README.md).
 
 // The ABI exports the host calls (oplet_abi_version, oplet_alloc, oplet_init, oplet_handle).
 export * from "@oplet/pdk/assembly/abi";
-import { onEvent, onInit, fail, Event, Effect, Record, Val } from "@oplet/pdk/assembly/index";
+import { onEvent, onInit, fail, Event, Effect, LogLevel, Record, Val } from "@oplet/pdk/assembly/index";
 
 // The manifest's [config], read once per instance (the host replaces an instance
 // after a trap or a reload, so module globals start over then).
 let paidStatus = "paid";
-let cachePrefix = "order:";
 
 onInit((config: Val): void => {
   const paid = config.get("paid_status");
@@ -19,12 +19,6 @@ onInit((config: Val): void => {
     // fail() during init refuses the plugin at load with this message: say what to fix.
     if (s == null) { fail("config.paid_status must be a string"); return; }
     paidStatus = s;
-  }
-  const prefix = config.get("cache_prefix");
-  if (prefix != null) {
-    const s = prefix.asString();
-    if (s == null) { fail("config.cache_prefix must be a string"); return; }
-    cachePrefix = s;
   }
 });
 
@@ -37,7 +31,13 @@ onEvent((e: Event): Effect[] => {
   const id = c.id();
   // `_id` is usually an ObjectId, {"$oid": "65a1..."}: toKeyString() gives its hex.
   const order = id == null ? "" : id.toKeyString();
-  effects.push(Effect.cacheDelete([cachePrefix + order]));
+  // A line in the host's log, naming this plugin and the event: it needs no
+  // capability and no service, so it shows the plugin at work on any host.
+  effects.push(Effect.log(LogLevel.Info, "order " + order + ": " + c.op));
+  // On a host with [redis], drop the order's cached copy too: ask for it in the
+  // manifest (cache_prefixes = ["order:"]) and have the host grant it. Without
+  // [redis] the host dead-letters cache deletes.
+  // effects.push(Effect.cacheDelete(["order:" + order]));
 
   // Paid now: a new or replaced order that says so, or an update that set the
   // status (an update of another field of an order paid long ago is not audited again).

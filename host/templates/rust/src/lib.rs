@@ -1,5 +1,6 @@
-//! {{name}}: an Oplet plugin. On every change to an order it drops the order's
-//! cached copy, and when the order becomes paid it writes an audit record.
+//! {{name}}: an Oplet plugin. On every change to an order it writes a line in the
+//! host's log, and when the order becomes paid it writes an audit record: both work
+//! on a host with no Redis or PostgreSQL configured.
 //! Edit `handle`; `cargo test` runs it natively, `oplet plugin test ... --expect
 //! expected.jsonl` runs the built module as the host would (see README.md).
 
@@ -13,8 +14,6 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The `status` value that means "paid".
     pub paid_status: String,
-    /// Cache keys are this prefix + the order's id (the manifest must grant it).
-    pub cache_prefix: String,
 }
 
 /// One instance's state. The host replaces the instance after a trap or a reload
@@ -46,7 +45,13 @@ impl Plugin for {{type}} {
         // `_id` is usually an ObjectId, {"$oid": "65a1..."}: `to_key_string` gives its hex.
         let order = change.id().map(|id| id.to_key_string()).unwrap_or_default();
 
-        let mut effects = vec![Effect::cache_delete([format!("{}{order}", self.config.cache_prefix)])];
+        // A line in the host's log, naming this plugin and the event: it needs no
+        // capability and no service, so it shows the plugin at work on any host.
+        let mut effects = vec![Effect::log_info(format!("order {order}: {}", change.op))];
+        // On a host with `[redis]`, drop the order's cached copy too: ask for it in
+        // the manifest (`cache_prefixes = ["order:"]`) and have the host grant it.
+        // Without `[redis]` the host dead-letters cache deletes.
+        // effects.push(Effect::cache_delete([format!("order:{order}")]));
         if became_paid(change, &self.config.paid_status) {
             // The host keys audit records by event id: a replayed event is not recorded twice.
             effects.push(Effect::audit(&Paid { order, total: change.field("total") })?);
