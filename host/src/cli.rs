@@ -213,6 +213,15 @@ pub fn main() -> ExitCode {
         _ => None,
     });
     init_logging(format.unwrap_or_default());
+    if prints_a_report(&cli.command) {
+        // `oplet dlq list | head`: a closed pipe ends the command quietly, as it
+        // does any Unix tool, instead of a panic in println!. Not for the host and
+        // the streaming commands, whose sockets must not raise SIGPIPE.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Backfill { config, plugin, collection, filter } => backfill(&config, &plugin, collection.as_deref(), filter.as_deref()),
@@ -242,6 +251,11 @@ pub fn main() -> ExitCode {
             ExitCode::from(cause.code())
         }
     }
+}
+
+/// Commands that print a report to stdout and end.
+fn prints_a_report(command: &Command) -> bool {
+    matches!(command, Command::Plugin(_) | Command::Dlq(_) | Command::ConfigCmd(_) | Command::Cluster(_))
 }
 
 /// A panic in the host must never let an event count as done (tickets are released

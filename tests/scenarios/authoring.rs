@@ -492,3 +492,25 @@ fn a_recording_that_fills_the_disk_fails_naming_it_and_keeps_only_whole_events()
     // Every line left is an event plugin test reads.
     assert!(recorded.lines().all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["body"]["kind"] == "change")));
 }
+
+#[test]
+fn a_report_piped_into_a_reader_that_stops_early_ends_quietly_without_a_panic() {
+    // `oplet plugin check X | head -0`: the reader is gone before the first line.
+    let wasm = wasm_plugins().path("audit_log");
+    let manifest = repo_root().join("plugins/audit-log/audit-log.toml");
+    let mut child = Command::new(oplet_bin())
+        .args(["plugin", "check"])
+        .arg(&wasm)
+        .arg("--manifest")
+        .arg(&manifest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run oplet plugin check");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for oplet plugin check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "a closed pipe made it panic:\n{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "ended by SIGPIPE as a Unix tool is ({:?}):\n{stderr}", out.status);
+}
