@@ -112,7 +112,9 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         tracing::warn!(plugin = %name, "plugin still compiling after [plugins] start_wait_ms = {}; the sources start without it, and it receives events from when it is loaded", config.plugins.start_wait_ms);
     }
     for grant in config.unknown_grants(&dir.names_in_folder()) {
-        tracing::warn!("[grants.{grant:?}] names no plugin in {}: it grants nothing (a typo in the plugin name?)", config.plugins.dir.display());
+        // Info, not a warning: granting first and deploying after is the normal
+        // order for a new plugin; `oplet config check` flags it for typos.
+        tracing::info!("[grants.{grant:?}] names no plugin in {} yet: it applies when a plugin of that name is deployed (check the spelling if none is coming)", config.plugins.dir.display());
     }
     let _watch = Some(dir.watch_with(config.plugins.watch)?);
 

@@ -83,7 +83,7 @@ impl Probes {
 impl Probe {
     async fn check(&self, timeout: Duration) -> Result<(), String> {
         match &self.kind {
-            Kind::Postgres(cfg) => crate::effect::postgres::probe(cfg).await,
+            Kind::Postgres(cfg) => crate::effect::postgres::probe(cfg).await.map_err(|e| format!("{e} (PostgreSQL at {})", self.target)),
             Kind::Redis(cfg) => crate::effect::redis::probe(cfg).await,
             Kind::Mongo { uri, client } => {
                 let client = client
