@@ -333,15 +333,25 @@ async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_a
             assert!(o.is_running(), "host {} stopped:\n{}", i + 1, o.logs());
         }
     }
+    let mut logs = String::new();
     for (i, mut o) in running.into_iter().enumerate() {
         if i != vi {
             let st = o.terminate().unwrap();
             assert!(st.success(), "host {} exit: {st}\n{}", i + 1, o.logs());
+            logs.push_str(&o.logs());
         }
     }
-    // Clean stops give the leases back at once.
+    // Clean stops give the leases back at once; the only exception is a stream that
+    // could not stop before its lease ran out (a slow server): it is cancelled,
+    // says so, and its lease expires instead.
     let s = tokio::task::block_in_place(|| status(&config));
-    assert!(s["streams"].as_array().unwrap().iter().all(|x| x["owner"].is_null()), "{s:#}");
+    for x in s["streams"].as_array().unwrap() {
+        if let Some(owner) = x["owner"].as_str() {
+            let st = x["stream"].as_str().unwrap();
+            let said = logs.lines().any(|l| l.contains(st) && l.contains("did not stop within"));
+            assert!(said, "{st} still owned by {owner} after a clean stop, with no reason logged:\n{s:#}\n{}", logs.lines().filter(|l| l.contains(st)).collect::<Vec<_>>().join("\n"));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

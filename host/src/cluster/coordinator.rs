@@ -322,17 +322,19 @@ async fn hold<R: Runner>(
     let mut cancelled = false;
     let mut refused = fence.refused();
     let mut why: Option<Why> = None;
-    // Once asked to stop, the stream has this long to reach its next await; a stream
-    // stuck past it (a server that does not answer, a full router) is cancelled, so
-    // that a lost or handed-over target is never counted as held for ever.
-    let grace = (lease / 2).max(Duration::from_millis(100));
+    // Once asked to stop, the stream has until the lease's local deadline (at least
+    // 100 ms) to reach its next await: past it the lease may be someone else's. A
+    // stream stuck longer (a server that does not answer, a full router) is
+    // cancelled, so that a lost or handed-over target is never counted as held for
+    // ever and never runs on an expired lease.
+    let stop_deadline = |local: Instant| local.max(Instant::now() + Duration::from_millis(100));
     let mut stop_by: Option<Instant> = None;
     let result = loop {
         let at = *deadline.borrow();
         tokio::select! {
             r = &mut run => break r,
             _ = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now)), if stop_by.is_some() => {
-                tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: the stream did not stop within {} ms of being asked; cancelled, its lease left to expire (the next owner resumes from the last checkpoint)", grace.as_millis());
+                tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: the stream did not stop within its lease after being asked; cancelled, its lease left to expire (the next owner resumes from the last checkpoint)");
                 cancelled = true;
                 break Ok(());
             }
@@ -340,7 +342,7 @@ async fn hold<R: Runner>(
                 tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: the lease was not renewed in time: stopping the stream before it expires");
                 why = Some(Why::Lost("not renewed in time"));
                 stop_tx.send_replace(true);
-                stop_by = Some(Instant::now() + grace);
+                stop_by = Some(stop_deadline(*deadline.borrow()));
             }
             Ok(()) = deadline.changed() => {}
             Ok(()) = ask.changed(), if why.is_none() => {
@@ -349,13 +351,13 @@ async fn hold<R: Runner>(
                     tracing::warn!(stream = %fence.key, epoch = fence.epoch, "cluster: lost the lease ({reason}): stopping the stream");
                 }
                 stop_tx.send_replace(true);
-                stop_by = Some(Instant::now() + grace);
+                stop_by = Some(stop_deadline(*deadline.borrow()));
             }
             Ok(()) = refused.changed(), if why.is_none() => {
                 if *refused.borrow() {
                     why = Some(Why::Lost("a checkpoint write was refused"));
                     stop_tx.send_replace(true);
-                    stop_by = Some(Instant::now() + grace);
+                    stop_by = Some(stop_deadline(*deadline.borrow()));
                 }
             }
         }
