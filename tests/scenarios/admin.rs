@@ -180,6 +180,26 @@ async fn readyz_speaks_each_sinks_protocol_a_listening_port_is_not_enough() {
     assert!(why("sink:redis").contains("Redis"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_not_ready_while_a_quarantined_plugin_holds_its_events() {
+    let host = Host::jsonl("[delivery]\nquarantine_after = 2\nquarantine_ms = 600000\non_quarantine = \"hold\"\n");
+    host.install("stuckp", "faulty");
+    let oplet = Oplet::start(&host.path().join("oplet.toml"));
+    oplet.wait_for_log("admin listener", WAIT).await.unwrap();
+    host.append(1, 1, None);
+    let state = host.path().join("state");
+    wait_until("the first event handled", &oplet, || oplet_tests::plugin_status(&state, "stuckp")["handled"] == 1).await;
+    assert_eq!(host.get("/readyz").0, 200, "ready while the plugin is healthy");
+    host.append(2, 3, Some("error"));
+    wait_until("the plugin quarantined", &oplet, || oplet_tests::plugin_status(&state, "stuckp")["state"] == "quarantined").await;
+    let (code, body) = host.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let f = v["failing"].as_array().unwrap().iter().find(|f| f["part"] == "plugin:stuckp").unwrap_or_else(|| panic!("the plugin is not named: {body}"));
+    let why = f["why"].as_str().unwrap();
+    assert!(why.contains("quarantined") && why.contains("on_quarantine = \"hold\""), "{body}");
+}
+
 fn chromium() -> PathBuf {
     for name in ["chromium", "chromium-browser", "google-chrome"] {
         if let Ok(out) = std::process::Command::new("which").arg(name).output() {

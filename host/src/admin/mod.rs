@@ -165,6 +165,22 @@ async fn readiness(s: &State) -> (bool, Vec<Value>) {
         let ok = c.state == crate::health::State::Ok;
         parts.push(json!({"part": c.component, "ok": ok, "why": c.reason, "since_s": c.since.elapsed().map(|d| d.as_secs()).unwrap_or(0)}));
     }
+    // With on_quarantine = "hold", a quarantined plugin's events wait, and the
+    // checkpoint with them: the host takes nothing further from that point on.
+    if s.config.delivery.on_quarantine == crate::config::OnQuarantine::Hold {
+        if let Some(Value::Object(plugins)) = read_plugins(&s.config) {
+            for (name, p) in plugins {
+                if p["state"] == "quarantined" {
+                    let why = format!(
+                        "quarantined ({}); its events wait, and the checkpoint with them ([delivery] on_quarantine = \"hold\"); next probe in {} ms",
+                        p["reason"].as_str().unwrap_or("failing"),
+                        p["probe_in_ms"].as_u64().unwrap_or(0)
+                    );
+                    parts.push(json!({"part": format!("plugin:{name}"), "ok": false, "why": why}));
+                }
+            }
+        }
+    }
     for r in s.probes.run().await {
         parts.push(json!({"part": r.part, "ok": r.error.is_none(), "why": r.error.unwrap_or_default(), "target": r.target}));
     }
