@@ -246,6 +246,10 @@ async fn capture(
     }
 }
 
+/// Snapshot events handed to the router at once (`Feed::send_batch`). A batch
+/// waits for at most one server round trip (a getMore) before it goes.
+const SEND_BATCH: usize = 256;
+
 /// One read of a collection.
 struct Read<'a> {
     db: &'a str,
@@ -276,6 +280,7 @@ async fn read_all(
     let total = estimate(&shared.client, read, feed, stop).await;
     let mut progress = Progress::new(feed.source(), &label, &read.stream, total, done, cfg.snapshot_progress_ms, read.bar);
     let mut backoff = cfg.reconnect.backoff();
+    let mut pending: Vec<(Event, Position)> = Vec::with_capacity(SEND_BATCH);
     loop {
         let filter = query(read.filter, after.as_ref());
         let find = coll.find(filter).sort(doc! { "_id": 1 }).batch_size(cfg.snapshot_batch);
@@ -300,13 +305,25 @@ async fn read_all(
                         };
                         done += 1;
                         let at = position(&id, done);
-                        if !deliver(shared, read, feed, raw, at).await {
+                        match snapshot_event(feed.source(), read.db, read.coll, read.run, raw) {
+                            Ok(event) => pending.push((event, at)),
+                            Err((event, error)) => {
+                                // What was read before it goes first: the mark must follow it.
+                                if !feed.send_batch(&mut pending).await || !dead_letter(shared, read, feed, event, error, at).await {
+                                    return Ok(None);
+                                }
+                            }
+                        }
+                        if pending.len() >= SEND_BATCH && !feed.send_batch(&mut pending).await {
                             return Ok(None);
                         }
                         after = Some(id);
                         progress.tick(done);
                     }
                     Ok(false) => {
+                        if !feed.send_batch(&mut pending).await {
+                            return Ok(None);
+                        }
                         progress.finish(done);
                         return Ok(Some(done));
                     }
@@ -314,6 +331,10 @@ async fn read_all(
                 }
             },
         };
+        // What was read before the failure is handed on before reading resumes after it.
+        if !feed.send_batch(&mut pending).await {
+            return Ok(None);
+        }
         match retry::classify(&failure) {
             Failure::Transient => {
                 let delay = backoff.next_delay();
@@ -333,20 +354,15 @@ async fn read_all(
     }
 }
 
-/// Sends one document; an unreadable one is dead-lettered and passed. False when
-/// the host is stopping.
-async fn deliver(shared: &Shared, read: &Read<'_>, feed: &mut Feed, raw: &RawDocument, at: Position) -> bool {
-    match snapshot_event(feed.source(), read.db, read.coll, read.run, raw) {
-        Ok(event) => feed.send(event, at).await,
-        Err((event, error)) => {
-            tracing::error!(source = %feed.source(), stream = %format!("{}.{}", read.db, read.coll), event = %event.id, "unreadable document: {error}; dead-lettered and skipped");
-            if !shared.dead.record_retrying_async(format!("source:{}", feed.source()), event, error).await {
-                return false;
-            }
-            feed.mark(at);
-            true
-        }
+/// Dead-letters an unreadable document and passes it. False when the host is
+/// stopping.
+async fn dead_letter(shared: &Shared, read: &Read<'_>, feed: &mut Feed, event: Event, error: String, at: Position) -> bool {
+    tracing::error!(source = %feed.source(), stream = %format!("{}.{}", read.db, read.coll), event = %event.id, "unreadable document: {error}; dead-lettered and skipped");
+    if !shared.dead.record_retrying_async(format!("source:{}", feed.source()), event, error).await {
+        return false;
     }
+    feed.mark(at);
+    true
 }
 
 /// The one place a document read by a snapshot becomes an `Event` (its `seq` is
