@@ -89,16 +89,18 @@ PYTHON=${OPLET_TEST_PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     apt_install python3 python3-pip
 fi
-if "$PYTHON" -c 'import nx_27017.nx_27017, pymongo, socketio, aiohttp' >/dev/null 2>&1; then
-    say "python packages nx-27017, pymongo, python-socketio, aiohttp: present"
+# psycopg (with its bundled libpq) runs the snapshot benchmark's baseline
+# (benches/pymongo_psycopg_copy.py).
+if "$PYTHON" -c 'import nx_27017.nx_27017, pymongo, socketio, aiohttp, psycopg' >/dev/null 2>&1; then
+    say "python packages nx-27017, pymongo, python-socketio, aiohttp, psycopg: present"
 else
-    say "pip install nx-27017 pymongo python-socketio aiohttp"
+    say "pip install nx-27017 pymongo python-socketio aiohttp psycopg[binary]"
     pip_flags=()
     # Debian's own python refuses system-wide pip installs without this flag.
     if "$PYTHON" -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
         pip_flags+=(--break-system-packages)
     fi
-    "$PYTHON" -m pip install -q "${pip_flags[@]}" nx-27017==0.8.1 pymongo python-socketio aiohttp
+    "$PYTHON" -m pip install -q "${pip_flags[@]}" nx-27017==0.8.1 pymongo python-socketio aiohttp "psycopg[binary]"
 fi
 
 # The AssemblyScript compiler for the PDK in pdk/assemblyscript (its tests build

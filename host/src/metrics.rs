@@ -89,6 +89,9 @@ pub struct Metrics {
     pub socket_clients: Gauge,
     pub cpu_seconds: Gauge<f64, AtomicU64>,
     pub rss_bytes: Gauge,
+    pub snapshot_done: Family<StreamLabel, Gauge>,
+    pub snapshot_total: Family<StreamLabel, Gauge>,
+    pub snapshot_rate: Family<StreamLabel, Gauge<f64, AtomicU64>>,
     /// What scrapes read live: each source's queue, each stream's tracker.
     watched: Mutex<Watched>,
 }
@@ -97,6 +100,8 @@ pub struct Metrics {
 struct Watched {
     queues: Vec<(String, tokio::sync::mpsc::WeakSender<crate::envelope::Envelope>, usize)>,
     trackers: Vec<Weak<crate::checkpoint::Tracker>>,
+    /// Every snapshot or backfill of this run, for the status page.
+    snapshots: Vec<(String, SnapshotGauges)>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -129,6 +134,9 @@ impl Metrics {
             socket_clients: Gauge::default(),
             cpu_seconds: Gauge::default(),
             rss_bytes: Gauge::default(),
+            snapshot_done: Family::default(),
+            snapshot_total: Family::default(),
+            snapshot_rate: Family::default(),
             watched: Mutex::new(Watched::default()),
             registry: Registry::default(),
         };
@@ -153,6 +161,9 @@ impl Metrics {
         registry.register("socket_clients", "Connected Socket.IO clients", m.socket_clients.clone());
         registry.register("process_cpu_seconds", "User and system CPU time of the host process", m.cpu_seconds.clone());
         registry.register("process_resident_memory_bytes", "Resident set size of the host process", m.rss_bytes.clone());
+        registry.register("snapshot_documents_done", "Documents an initial snapshot or backfill has read and handed to the router, runs before a restart included, per stream", m.snapshot_done.clone());
+        registry.register("snapshot_documents_estimated", "Documents the snapshot or backfill expects to read (the collection's estimated count, or the filter's count), per stream; 0 if unknown", m.snapshot_total.clone());
+        registry.register("snapshot_documents_per_second", "Documents per second the snapshot or backfill reads in this run (over the run so far; at the end, over the whole run)", m.snapshot_rate.clone());
         Metrics { registry, ..m }
     }
 
@@ -268,6 +279,51 @@ pub fn watch_tracker(tracker: &Arc<crate::checkpoint::Tracker>) {
     METRICS.watched.lock().expect("metrics lock").trackers.push(Arc::downgrade(tracker));
 }
 
+/// The progress gauges of one snapshot or backfill: shared handles, so setting
+/// them per document is an atomic store, not a family lookup.
+#[derive(Clone, Default)]
+pub struct SnapshotGauges {
+    done: Gauge,
+    total: Gauge,
+    rate: Gauge<f64, AtomicU64>,
+}
+
+impl SnapshotGauges {
+    pub fn done(&self, done: u64) {
+        self.done.set(done as i64);
+    }
+
+    pub fn total(&self, total: u64) {
+        self.total.set(total as i64);
+    }
+
+    pub fn rate(&self, per_second: f64) {
+        self.rate.set(per_second);
+    }
+}
+
+/// The gauges of the snapshot of `stream` (`source.db.coll`, or
+/// `backfill.PLUGIN.source.db.coll`), listed on the status page too.
+pub fn snapshot(stream: &str) -> SnapshotGauges {
+    let label = StreamLabel { stream: stream.to_string() };
+    let g = SnapshotGauges {
+        done: METRICS.snapshot_done.get_or_create(&label).clone(),
+        total: METRICS.snapshot_total.get_or_create(&label).clone(),
+        rate: METRICS.snapshot_rate.get_or_create(&label).clone(),
+    };
+    let mut w = METRICS.watched.lock().expect("metrics lock");
+    if !w.snapshots.iter().any(|(s, _)| s == stream) {
+        w.snapshots.push((stream.to_string(), g.clone()));
+    }
+    g
+}
+
+/// Every snapshot of this run: (stream, documents done, estimated total, docs/s).
+pub fn snapshots() -> Vec<(String, u64, u64, f64)> {
+    let w = METRICS.watched.lock().expect("metrics lock");
+    w.snapshots.iter().map(|(s, g)| (s.clone(), g.done.get().max(0) as u64, g.total.get().max(0) as u64, g.rate.get())).collect()
+}
+
 /// Each watched stream's checkpoint lag: (stream, events behind, seconds).
 pub fn stream_lags() -> Vec<(String, u64, f64)> {
     let w = METRICS.watched.lock().expect("metrics lock");
@@ -308,6 +364,21 @@ mod tests {
         assert!(text.contains("oplet_events_in_total{source=\"unit-src\"} 1"), "{text}");
         assert!(text.contains("oplet_effects_total{kind=\"row_upsert\",outcome=\"applied\"} 3"), "{text}");
         assert!(text.contains("oplet_process_resident_memory_bytes "), "{text}");
+    }
+
+    #[test]
+    fn snapshot_progress_shows_per_stream_and_on_the_status_list() {
+        let g = snapshot("unit.db.coll");
+        g.total(10);
+        g.done(4);
+        g.rate(2.5);
+        snapshot("unit.db.coll").done(10);
+        let text = get().encode();
+        assert!(text.contains("oplet_snapshot_documents_done{stream=\"unit.db.coll\"} 10"), "{text}");
+        assert!(text.contains("oplet_snapshot_documents_estimated{stream=\"unit.db.coll\"} 10"), "{text}");
+        assert!(text.contains("oplet_snapshot_documents_per_second{stream=\"unit.db.coll\"} 2.5"), "{text}");
+        let listed: Vec<_> = snapshots().into_iter().filter(|s| s.0 == "unit.db.coll").collect();
+        assert_eq!(listed, vec![("unit.db.coll".to_string(), 10, 10, 2.5)], "listed once, with the shared values");
     }
 
     #[test]

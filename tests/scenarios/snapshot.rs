@@ -20,6 +20,8 @@ const FIRST: i32 = 10_000;
 struct Host {
     dir: TempDir,
     db: String,
+    /// `[admin] listen`: where `/metrics` and `/status.json` are read.
+    admin: String,
 }
 
 impl Host {
@@ -27,8 +29,9 @@ impl Host {
     fn new(mongo: &Mongo, pg: &Postgres, db: &str, source_extra: &str) -> Host {
         let dir = oplet_tests::temp_dir();
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let admin = format!("127.0.0.1:{}", oplet_tests::free_port());
         let config = format!(
-            "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\n\
+            "state_dir = \"state\"\n[plugins]\ndir = \"plugins\"\n[admin]\nlisten = \"{admin}\"\n\
              [[source]]\ntype = \"mongo\"\nname = \"mongo\"\nuri = \"{}\"\ncollections = [\"{db}.users\"]\n\
              full_document = \"updateLookup\"\n{source_extra}\n\
              [postgres]\nurl = \"{}\"\n[grants.\"*\"]\nall_requested = true\n",
@@ -36,7 +39,7 @@ impl Host {
             pg.url()
         );
         std::fs::write(dir.path().join("oplet.toml"), config).unwrap();
-        let host = Host { dir, db: db.into() };
+        let host = Host { dir, db: db.into(), admin };
         host.install_pg_sync("pg-sync", "users");
         host
     }
@@ -64,6 +67,24 @@ impl Host {
 
     fn checkpoint(&self) -> Option<Value> {
         self.checkpoint_of(&format!("mongo.{}.users", self.db))
+    }
+
+    /// The body of `GET path` on the admin listener.
+    fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.admin).unwrap_or_else(|e| panic!("connect to the admin listener {}: {e}", self.admin));
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.admin).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{path}: {head}");
+        body.to_string()
+    }
+
+    /// The value of the `/metrics` sample `name{stream="mongo.DB.users"}`.
+    fn snapshot_metric(&self, name: &str) -> Option<f64> {
+        let prefix = format!("{name}{{stream=\"mongo.{}.users\"}} ", self.db);
+        self.admin_get("/metrics").lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
     }
 
     fn dead_letters(&self, path: &str) -> String {
@@ -263,6 +284,15 @@ async fn a_host_killed_mid_snapshot_resumes_after_the_last_applied_document() {
     oplet.wait_for_log("snapshot done", WAIT).await.unwrap();
     let (read, all) = snapshot_done(&oplet);
     assert_eq!((read, all), (DOCS as u64 - done, DOCS as u64), "the restart read only what was not done");
+    // Progress in /metrics and on the status page: done (runs before included)
+    // reaches the estimated total, at a rate measured in this run.
+    let done_metric = host.snapshot_metric("oplet_snapshot_documents_done");
+    assert_eq!(done_metric, Some(DOCS as f64), "{}", host.admin_get("/metrics"));
+    assert_eq!(host.snapshot_metric("oplet_snapshot_documents_estimated"), done_metric);
+    assert!(host.snapshot_metric("oplet_snapshot_documents_per_second").is_some_and(|r| r > 0.0), "{}", host.admin_get("/metrics"));
+    let status: Value = serde_json::from_str(&host.admin_get("/status.json")).unwrap();
+    let snap = &status["sources"][0]["snapshots"][0];
+    assert_eq!((snap["done"].as_u64(), snap["estimated"].as_u64()), (Some(DOCS as u64), Some(DOCS as u64)), "{status}");
     let expected: Vec<(i64, String)> = (FIRST as i64..(FIRST + DOCS) as i64).map(|n| (n, format!("u{n}@x.io"))).collect();
     eventually(&oplet, "every row once", || async { (rows(&sql, "users").await == expected).then_some(()) }).await;
     // And the stream follows: a change after the snapshot arrives.

@@ -193,6 +193,7 @@ async fn status(axum::extract::State(s): Shared) -> Response {
     let plugins = read_plugins(&s.config).unwrap_or(json!({}));
     let store = s.config.state_dir.join("checkpoints");
     let lags = crate::metrics::stream_lags();
+    let snapshots = crate::metrics::snapshots();
     let sources: Vec<Value> = s
         .config
         .sources
@@ -215,7 +216,13 @@ async fn status(axum::extract::State(s): Shared) -> Response {
                 .filter(|(stream, ..)| stream == name || stream.starts_with(&format!("{name}/")) || stream.starts_with(&format!("{name}:")))
                 .map(|(stream, events, secs)| json!({"stream": stream, "events": events, "seconds": secs}))
                 .collect();
-            json!({"name": name, "type": kind, "state": state, "positions": positions, "lag": lag})
+            // Initial snapshots of this run (`NAME.db.coll`), finished or not.
+            let snapshot: Vec<Value> = snapshots
+                .iter()
+                .filter(|(stream, ..)| stream.starts_with(&format!("{name}.")))
+                .map(|(stream, done, total, rate)| json!({"stream": stream, "done": done, "estimated": total, "per_second": rate}))
+                .collect();
+            json!({"name": name, "type": kind, "state": state, "positions": positions, "lag": lag, "snapshots": snapshot})
         })
         .collect();
     let sinks: Vec<Value> = checks.iter().filter(|c| c["part"].as_str().is_some_and(|p| p.starts_with("sink:"))).cloned().collect();

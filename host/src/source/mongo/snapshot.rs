@@ -100,7 +100,7 @@ pub(crate) async fn initial(
         feed.mark(begin);
     }
     let position = |id: &Bson, done: u64| json!({ "token": start.clone(), "snapshot": { "after": id.clone().into_canonical_extjson(), "done": done } });
-    let read = Read { db, coll, filter: None, run: &run, bar: false };
+    let read = Read { db, coll, filter: None, run: &run, bar: false, stream: format!("{}.{label}", feed.source()) };
     match read_all(shared, &read, feed, after, done, &position, stop).await? {
         None => Ok(Ended::Stopped),
         Some(_) => {
@@ -167,7 +167,7 @@ pub(crate) async fn backfill(
         json!({ "backfill": { "run": run.clone(), "filter": filter_text.clone(), "after": id.clone().into_canonical_extjson(), "done": done } })
     };
     let tag = format!("backfill-{run}");
-    let read = Read { db, coll, filter: bf.filter.as_ref(), run: &tag, bar: bf.bar };
+    let read = Read { db, coll, filter: bf.filter.as_ref(), run: &tag, bar: bf.bar, stream: format!("backfill.{}.{}.{label}", bf.plugin, feed.source()) };
     match read_all(shared, &read, feed, after, done, &position, stop).await? {
         None => Ok(false),
         Some(done) => {
@@ -246,6 +246,10 @@ async fn capture(
     }
 }
 
+/// Snapshot events handed to the router at once (`Feed::send_batch`). A batch
+/// waits for at most one server round trip (a getMore) before it goes.
+const SEND_BATCH: usize = 256;
+
 /// One read of a collection.
 struct Read<'a> {
     db: &'a str,
@@ -254,6 +258,8 @@ struct Read<'a> {
     /// Names the run in event ids (`db.coll:snapshot:RUN:ID`).
     run: &'a str,
     bar: bool,
+    /// The `stream` label of its progress in `/metrics`.
+    stream: String,
 }
 
 /// Reads every document after `after` in `_id` order and sends each as a
@@ -272,8 +278,9 @@ async fn read_all(
     let label = format!("{}.{}", read.db, read.coll);
     let coll = shared.client.database(read.db).collection::<RawDocumentBuf>(read.coll);
     let total = estimate(&shared.client, read, feed, stop).await;
-    let mut progress = Progress::new(feed.source(), &label, total, done, cfg.snapshot_progress_ms, read.bar);
+    let mut progress = Progress::new(feed.source(), &label, &read.stream, total, done, cfg.snapshot_progress_ms, read.bar);
     let mut backoff = cfg.reconnect.backoff();
+    let mut pending: Vec<(Event, Position)> = Vec::with_capacity(SEND_BATCH);
     loop {
         let filter = query(read.filter, after.as_ref());
         let find = coll.find(filter).sort(doc! { "_id": 1 }).batch_size(cfg.snapshot_batch);
@@ -298,13 +305,25 @@ async fn read_all(
                         };
                         done += 1;
                         let at = position(&id, done);
-                        if !deliver(shared, read, feed, raw, at).await {
+                        match snapshot_event(feed.source(), read.db, read.coll, read.run, raw) {
+                            Ok(event) => pending.push((event, at)),
+                            Err((event, error)) => {
+                                // What was read before it goes first: the mark must follow it.
+                                if !feed.send_batch(&mut pending).await || !dead_letter(shared, read, feed, event, error, at).await {
+                                    return Ok(None);
+                                }
+                            }
+                        }
+                        if pending.len() >= SEND_BATCH && !feed.send_batch(&mut pending).await {
                             return Ok(None);
                         }
                         after = Some(id);
                         progress.tick(done);
                     }
                     Ok(false) => {
+                        if !feed.send_batch(&mut pending).await {
+                            return Ok(None);
+                        }
                         progress.finish(done);
                         return Ok(Some(done));
                     }
@@ -312,6 +331,10 @@ async fn read_all(
                 }
             },
         };
+        // What was read before the failure is handed on before reading resumes after it.
+        if !feed.send_batch(&mut pending).await {
+            return Ok(None);
+        }
         match retry::classify(&failure) {
             Failure::Transient => {
                 let delay = backoff.next_delay();
@@ -331,20 +354,15 @@ async fn read_all(
     }
 }
 
-/// Sends one document; an unreadable one is dead-lettered and passed. False when
-/// the host is stopping.
-async fn deliver(shared: &Shared, read: &Read<'_>, feed: &mut Feed, raw: &RawDocument, at: Position) -> bool {
-    match snapshot_event(feed.source(), read.db, read.coll, read.run, raw) {
-        Ok(event) => feed.send(event, at).await,
-        Err((event, error)) => {
-            tracing::error!(source = %feed.source(), stream = %format!("{}.{}", read.db, read.coll), event = %event.id, "unreadable document: {error}; dead-lettered and skipped");
-            if !shared.dead.record_retrying_async(format!("source:{}", feed.source()), event, error).await {
-                return false;
-            }
-            feed.mark(at);
-            true
-        }
+/// Dead-letters an unreadable document and passes it. False when the host is
+/// stopping.
+async fn dead_letter(shared: &Shared, read: &Read<'_>, feed: &mut Feed, event: Event, error: String, at: Position) -> bool {
+    tracing::error!(source = %feed.source(), stream = %format!("{}.{}", read.db, read.coll), event = %event.id, "unreadable document: {error}; dead-lettered and skipped");
+    if !shared.dead.record_retrying_async(format!("source:{}", feed.source()), event, error).await {
+        return false;
     }
+    feed.mark(at);
+    true
 }
 
 /// The one place a document read by a snapshot becomes an `Event` (its `seq` is
@@ -476,8 +494,11 @@ fn token_text(token: &serde_json::Value) -> String {
 }
 
 /// Documents done / estimated total, rate and ETA: a log line every
-/// `snapshot_progress_ms`, and a bar on a terminal.
+/// `snapshot_progress_ms`, a bar on a terminal, and gauges in `/metrics`.
 struct Progress {
+    gauges: crate::metrics::SnapshotGauges,
+    /// When the rate gauge was last set.
+    last_rate: Instant,
     source: String,
     label: String,
     total: u64,
@@ -491,10 +512,16 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(source: &str, label: &str, total: u64, done_before: u64, every_ms: u64, bar: bool) -> Progress {
+    fn new(source: &str, label: &str, stream: &str, total: u64, done_before: u64, every_ms: u64, bar: bool) -> Progress {
         let now = Instant::now();
+        let gauges = crate::metrics::snapshot(stream);
+        gauges.total(total);
+        gauges.done(done_before);
+        gauges.rate(0.0);
         tracing::info!(source = %source, stream = %label, "snapshot: about {total} document(s) to read ({done_before} done before)");
         Progress {
+            gauges,
+            last_rate: now,
             source: source.into(),
             label: label.into(),
             total,
@@ -513,6 +540,11 @@ impl Progress {
     }
 
     fn tick(&mut self, done: u64) {
+        self.gauges.done(done);
+        if done % 256 == 0 && self.last_rate.elapsed() >= Duration::from_millis(250) {
+            self.last_rate = Instant::now();
+            self.gauges.rate(self.rate(done));
+        }
         if done == self.done_before + 1 {
             // Rates count from the first document, not from the count and the query.
             self.started = Instant::now();
@@ -551,6 +583,8 @@ impl Progress {
             let _ = writeln!(std::io::stderr());
         }
         let read = done - self.done_before;
+        self.gauges.done(done);
+        self.gauges.rate(self.rate(done));
         tracing::info!(
             source = %self.source, stream = %self.label,
             "snapshot done: read {read} document(s) in this run ({done} in all) in {:.1?}, {:.0} docs/s",
