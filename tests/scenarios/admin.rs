@@ -10,7 +10,7 @@ use oplet_tests::{http_get, metric_sample, install_plugin_from, repo_root, wasm_
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -68,14 +68,6 @@ impl Host {
     }
 }
 
-async fn wait_until(what: &str, oplet: &Oplet, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}; log:\n{}", oplet.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_events_flow() {
     let host = Host::jsonl("");
@@ -83,7 +75,7 @@ async fn metrics_move_as_events_flow() {
     let oplet = Oplet::start(&host.path().join("oplet.toml"));
     oplet.wait_for_log("admin listener", WAIT).await.unwrap();
     host.append(1, 3, None);
-    wait_until("3 audit records", &oplet, || host.audit_lines() == 3).await;
+    oplet.wait_until("3 audit records", WAIT, || host.audit_lines() == 3).await;
 
     let (code, before) = host.get("/metrics");
     assert_eq!(code, 200, "{before}");
@@ -102,8 +94,8 @@ async fn metrics_move_as_events_flow() {
 
     host.append(4, 7, None);
     host.append(11, 1, Some("error"));
-    wait_until("10 audit records", &oplet, || host.audit_lines() == 10).await;
-    wait_until("the failure dead-lettered", &oplet, || {
+    oplet.wait_until("10 audit records", WAIT, || host.audit_lines() == 10).await;
+    oplet.wait_until("the failure dead-lettered", WAIT, || {
         std::fs::read_to_string(host.path().join("state/dead-letters.jsonl")).map(|t| t.lines().count()).unwrap_or(0) == 1
     })
     .await;
@@ -115,7 +107,7 @@ async fn metrics_move_as_events_flow() {
     assert_eq!(metric_sample(&after, "oplet_plugin_failures_total{plugin=\"p\",cause=\"plugin_error\"}"), 1.0, "{after}");
     assert_eq!(metric_sample(&after, "oplet_dead_letters"), 1.0, "{after}");
     // Every event is done: nothing behind the checkpoint.
-    wait_until("no checkpoint lag", &oplet, || metric_sample(&host.get("/metrics").1, "oplet_checkpoint_lag_events{stream=\"events\"}") == 0.0).await;
+    oplet.wait_until("no checkpoint lag", WAIT, || metric_sample(&host.get("/metrics").1, "oplet_checkpoint_lag_events{stream=\"events\"}") == 0.0).await;
 
     let (code, health) = host.get("/healthz");
     assert_eq!(code, 200, "{health}");
@@ -135,10 +127,10 @@ async fn readyz_names_mongo_while_it_is_down_and_postgres_while_it_is_stopped() 
     let oplet = Oplet::start(&host.path().join("oplet.toml"));
     oplet.wait_for_log("admin listener", WAIT).await.unwrap();
     let ready = || host.get("/readyz");
-    wait_until("ready with both up", &oplet, || ready().0 == 200).await;
+    oplet.wait_until("ready with both up", WAIT, || ready().0 == 200).await;
 
     mongo.stop();
-    wait_until("not ready while MongoDB is down", &oplet, || ready().0 == 503).await;
+    oplet.wait_until("not ready while MongoDB is down", WAIT, || ready().0 == 503).await;
     let (_, body) = ready();
     let v: Value = serde_json::from_str(&body).unwrap();
     let failing = v["failing"].as_array().unwrap();
@@ -147,17 +139,17 @@ async fn readyz_names_mongo_while_it_is_down_and_postgres_while_it_is_stopped() 
     assert!(failing[0]["why"].as_str().unwrap().contains("MongoDB"), "{body}");
 
     mongo.start_again();
-    wait_until("ready again once MongoDB is back", &oplet, || ready().0 == 200).await;
+    oplet.wait_until("ready again once MongoDB is back", WAIT, || ready().0 == 200).await;
 
     pg.stop();
-    wait_until("not ready while PostgreSQL is stopped", &oplet, || ready().0 == 503).await;
+    oplet.wait_until("not ready while PostgreSQL is stopped", WAIT, || ready().0 == 503).await;
     let (_, body) = ready();
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["failing"][0]["part"], "sink:postgres", "{body}");
     assert!(v["failing"][0]["why"].as_str().unwrap().contains(&format!("{}", pg.port())), "the port is named: {body}");
 
     pg.start_again();
-    wait_until("ready again once PostgreSQL is back", &oplet, || ready().0 == 200).await;
+    oplet.wait_until("ready again once PostgreSQL is back", WAIT, || ready().0 == 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,10 +180,10 @@ async fn readyz_is_not_ready_while_a_quarantined_plugin_holds_its_events() {
     oplet.wait_for_log("admin listener", WAIT).await.unwrap();
     host.append(1, 1, None);
     let state = host.path().join("state");
-    wait_until("the first event handled", &oplet, || oplet_tests::plugin_status(&state, "stuckp")["handled"] == 1).await;
+    oplet.wait_until("the first event handled", WAIT, || oplet_tests::plugin_status(&state, "stuckp")["handled"] == 1).await;
     assert_eq!(host.get("/readyz").0, 200, "ready while the plugin is healthy");
     host.append(2, 3, Some("error"));
-    wait_until("the plugin quarantined", &oplet, || oplet_tests::plugin_status(&state, "stuckp")["state"] == "quarantined").await;
+    oplet.wait_until("the plugin quarantined", WAIT, || oplet_tests::plugin_status(&state, "stuckp")["state"] == "quarantined").await;
     let (code, body) = host.get("/readyz");
     assert_eq!(code, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -235,7 +227,7 @@ async fn the_status_page_renders_in_chromium_and_shows_a_plugins_failure() {
     host.append(1, 2, None);
     host.append(3, 1, Some("error"));
     let status = host.path().join("state/plugins.json");
-    wait_until("the plugin failing", &oplet, || {
+    oplet.wait_until("the plugin failing", WAIT, || {
         std::fs::read_to_string(&status).is_ok_and(|t| t.contains("\"failing\"") && t.contains("refused on purpose"))
     })
     .await;
@@ -305,7 +297,7 @@ async fn sigterm_during_a_burst_loses_nothing_and_the_next_start_replays_nothing
             }
         })
     };
-    wait_until("a few hundred records", &oplet, || host.audit_lines() >= 300).await;
+    oplet.wait_until("a few hundred records", WAIT, || host.audit_lines() >= 300).await;
     let status = oplet.terminate().unwrap();
     assert_eq!(status.code(), Some(0), "a clean stop: {}", oplet.logs());
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -320,7 +312,7 @@ async fn sigterm_during_a_burst_loses_nothing_and_the_next_start_replays_nothing
 
     // The next start runs the plugin only on what was not committed.
     let oplet = Oplet::start(&host.path().join("oplet.toml"));
-    wait_until("every event checkpointed", &oplet, || checkpoint_line(host.path()) == total).await;
+    oplet.wait_until("every event checkpointed", WAIT, || checkpoint_line(host.path()) == total).await;
     let (_, metrics) = host.get("/metrics");
     assert_eq!(
         metric_sample(&metrics, "oplet_plugin_events_handled_total{plugin=\"p\",version=\"1.2.3\"}") as u64,

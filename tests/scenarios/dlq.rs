@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -72,14 +72,6 @@ impl Host {
     }
 }
 
-async fn wait_until(what: &str, oplet: &Oplet, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}; log:\n{}", oplet.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
     let host = Host::new();
@@ -88,7 +80,7 @@ async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
     host.append("a", None);
     host.append("b", Some("error"));
     host.append("c", None);
-    wait_until("all three events checkpointed", &oplet, || host.checkpoint_line() >= 3).await;
+    oplet.wait_until("all three events checkpointed", WAIT, || host.checkpoint_line() >= 3).await;
     assert_eq!((host.audited("a"), host.audited("b"), host.audited("c")), (1, 0, 1));
 
     let (code, out, err) = host.oplet(&["dlq", "list", "--json"]);
@@ -146,7 +138,7 @@ async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
     let mut oplet = Oplet::start(&host.path().join("oplet.toml"));
     oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
     host.append("d", None);
-    wait_until("the next event", &oplet, || host.audited("d") == 1).await;
+    oplet.wait_until("the next event", WAIT, || host.audited("d") == 1).await;
     assert_eq!((host.audited("a"), host.audited("b"), host.audited("c")), (1, 1, 1));
 
     // A replay killed between its claim and its outcome leaves exactly a fsynced
@@ -157,7 +149,7 @@ async fn a_dead_letter_is_replayed_once_after_the_plugin_is_fixed() {
     let mut oplet = Oplet::start(&host.path().join("oplet.toml"));
     oplet.wait_for_log("plugin(s) loaded", WAIT).await.unwrap();
     host.append("e", Some("error"));
-    wait_until("the next failure", &oplet, || host.oplet(&["dlq", "list", "--json", "--cause", "refused on purpose"]).1.contains("\"e\""))
+    oplet.wait_until("the next failure", WAIT, || host.oplet(&["dlq", "list", "--json", "--cause", "refused on purpose"]).1.contains("\"e\""))
         .await;
     assert!(oplet.terminate().unwrap().success());
     host.install("echo", "1.0.3");

@@ -9,7 +9,7 @@ use oplet_tests::{install_plugin_from, wasm_plugins, Oplet, TempDir};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -96,16 +96,6 @@ fn manifest(name: &str, sources: &[&str], limits: &str) -> String {
     format!("name = \"{name}\"\n[[subscribe]]\n{sources}namespaces = [\"app.*\"]\n[capabilities]\naudit = true\n{limits}")
 }
 
-/// Waits until `done` holds, re-checking every 25 ms; fails after `WAIT` with `what`.
-async fn wait_until(what: &str, oplet: &Oplet, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(oplet.is_running(), "oplet exited while waiting for {what}:\n{}", oplet.logs());
-        assert!(start.elapsed() < WAIT, "waited {WAIT:?} for {what}:\n{}", oplet.logs());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn seqs(records: &[Value]) -> Vec<u64> {
     records.iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
@@ -121,7 +111,7 @@ async fn a_plugin_failing_every_event_is_quarantined_and_its_neighbour_handles_e
     host.append("events", N);
     let mut oplet = Oplet::start(&host.config());
 
-    wait_until("the checkpoint to reach the last event", &oplet, || host.checkpoint("events") == Some(N as u64)).await;
+    oplet.wait_until("the checkpoint to reach the last event", WAIT, || host.checkpoint("events") == Some(N as u64)).await;
     assert_eq!(seqs(&host.audit_of("echo")), (1..=N as u64).collect::<Vec<_>>(), "echo handled every event once, in order");
 
     // Every event of the failing plugin is dead-lettered once, with the cause.
@@ -157,20 +147,20 @@ async fn a_quarantined_plugin_is_probed_again_and_a_fix_ends_the_quarantine() {
     let oplet = Oplet::start(&host.config());
     oplet.wait_for_log("2 plugin(s) loaded", WAIT).await.unwrap();
     host.append("events", 20);
-    wait_until("p to be quarantined", &oplet, || host.status("p")["state"] == "quarantined").await;
-    wait_until("all 20 events done", &oplet, || host.checkpoint("events") == Some(20)).await;
+    oplet.wait_until("p to be quarantined", WAIT, || host.status("p")["state"] == "quarantined").await;
+    oplet.wait_until("all 20 events done", WAIT, || host.checkpoint("events") == Some(20)).await;
     // More events after the probe period: the probe fails, it stays quarantined.
     tokio::time::sleep(Duration::from_millis(300)).await;
     host.append("events", 5);
-    wait_until("25 events done", &oplet, || host.checkpoint("events") == Some(25)).await;
+    oplet.wait_until("25 events done", WAIT, || host.checkpoint("events") == Some(25)).await;
     assert!(oplet.log_lines_containing("plugin quarantined").len() >= 2, "a failed probe quarantines it again:\n{}", oplet.logs());
     assert_eq!(host.dead_letters_of("p").len(), 25);
 
     // A fixed version starts healthy and handles the next events.
     host.deploy("p", "versioned-a", &manifest("p", &[], ""));
-    wait_until("the fix to be loaded", &oplet, || host.status("p")["state"] == "healthy").await;
+    oplet.wait_until("the fix to be loaded", WAIT, || host.status("p")["state"] == "healthy").await;
     host.append("events", 5);
-    wait_until("30 events done", &oplet, || host.checkpoint("events") == Some(30)).await;
+    oplet.wait_until("30 events done", WAIT, || host.checkpoint("events") == Some(30)).await;
     assert_eq!(seqs(&host.audit_of("p")), vec![26, 27, 28, 29, 30]);
 }
 
@@ -185,17 +175,17 @@ async fn a_held_quarantine_keeps_the_checkpoint_until_a_fix_delivers_the_held_ev
     host.deploy("p", "stuck", &manifest("p", &[], "[limits]\ntime_ms = 30\n"));
     host.deploy("echo", "echo", &manifest("echo", &[], ""));
     let mut oplet = Oplet::start(&host.config());
-    wait_until("both plugins loaded", &oplet, || host.status("p")["loaded"] == true && host.status("echo")["loaded"] == true).await;
+    oplet.wait_until("both plugins loaded", WAIT, || host.status("p")["loaded"] == true && host.status("echo")["loaded"] == true).await;
     host.append("events", N as usize);
 
     // Event 1 fails and is dead-lettered (on_plugin_error); event 2 is the second
     // failure in a row: quarantined, and held rather than dead-lettered.
-    wait_until("p to be quarantined", &oplet, || host.status("p")["state"] == "quarantined").await;
+    oplet.wait_until("p to be quarantined", WAIT, || host.status("p")["state"] == "quarantined").await;
     let status = host.status("p");
     assert!(status["reason"].as_str().unwrap_or("").contains("failed event(s) in a row"), "{status}");
-    wait_until("echo to handle every event", &oplet, || host.audit_of("echo").len() == N as usize).await;
+    oplet.wait_until("echo to handle every event", WAIT, || host.audit_of("echo").len() == N as usize).await;
     assert_eq!(seqs(&host.audit_of("echo")), (1..=N).collect::<Vec<_>>(), "the neighbour is not held back");
-    wait_until("the checkpoint past event 1", &oplet, || host.checkpoint("events") == Some(1)).await;
+    oplet.wait_until("the checkpoint past event 1", WAIT, || host.checkpoint("events") == Some(1)).await;
     // Give a wrong implementation many checkpoint intervals to move past the hold.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(host.checkpoint("events"), Some(1), "the held event 2 keeps the checkpoint:\n{}", oplet.logs());
@@ -206,7 +196,7 @@ async fn a_held_quarantine_keeps_the_checkpoint_until_a_fix_delivers_the_held_ev
 
     // The fix takes over from the held event: 2..=N are delivered, once, in order.
     host.deploy("p", "versioned-a", &manifest("p", &[], ""));
-    wait_until("the checkpoint to reach the last event", &oplet, || host.checkpoint("events") == Some(N)).await;
+    oplet.wait_until("the checkpoint to reach the last event", WAIT, || host.checkpoint("events") == Some(N)).await;
     assert_eq!(seqs(&host.audit_of("p")), (2..=N).collect::<Vec<_>>(), "the held events reach the fix");
     assert_eq!(host.status("p")["state"], "healthy");
     assert_eq!(seqs(&host.dead_letters_of("p")), vec![1]);
@@ -225,11 +215,11 @@ async fn one_sources_backlog_never_delays_another_sources_events() {
     let mut oplet = Oplet::start(&host.config());
     oplet.wait_for_log("2 plugin(s) loaded", WAIT).await.unwrap();
     host.append("bulk", 1000);
-    wait_until("a backlog on bulk", &oplet, || host.status("stuck")["queued"].as_u64().unwrap_or(0) >= 32).await;
+    oplet.wait_until("a backlog on bulk", WAIT, || host.status("stuck")["queued"].as_u64().unwrap_or(0) >= 32).await;
     host.append("live", 200);
-    wait_until("echo to handle every live event", &oplet, || host.audit_of("echo").len() == 200).await;
+    oplet.wait_until("echo to handle every live event", WAIT, || host.audit_of("echo").len() == 200).await;
     assert_eq!(seqs(&host.audit_of("echo")), (1..=200).collect::<Vec<_>>());
-    wait_until("the live checkpoint", &oplet, || host.checkpoint("live") == Some(200)).await;
+    oplet.wait_until("the live checkpoint", WAIT, || host.checkpoint("live") == Some(200)).await;
     let bulk_done = host.checkpoint("bulk").unwrap_or(0);
     assert!(bulk_done < 900, "live events were handled while bulk was still backed up (bulk at {bulk_done} of 1000)");
     assert!(host.status("stuck")["queued"].as_u64().unwrap() > 0, "bulk still backed up: {}", host.status("stuck"));
@@ -293,23 +283,23 @@ async fn replace_remove_reinstall(manifest_first: bool) {
         })
     };
     let queued = || host.status("p")["queued"].as_u64().unwrap_or(0);
-    wait_until("a failing backlog", &oplet, || host.dead_letters_of("p").len() >= 5 && queued() >= 1000).await;
+    oplet.wait_until("a failing backlog", WAIT, || host.dead_letters_of("p").len() >= 5 && queued() >= 1000).await;
 
     // The fix takes over at the next event not yet started.
     let (failed_before, backlog) = (host.dead_letters_of("p").len(), queued());
     put("versioned-a", "");
-    wait_until("the fix to handle events", &oplet, || !host.audit_of("p").is_empty()).await;
+    oplet.wait_until("the fix to handle events", WAIT, || !host.audit_of("p").is_empty()).await;
 
     // The failing version again, with a new backlog; then removed and re-installed.
     put("stuck", STUCK);
-    wait_until("a second failing backlog", &oplet, || host.status("p")["state"] == "failing" && queued() >= 1000).await;
+    oplet.wait_until("a second failing backlog", WAIT, || host.status("p")["state"] == "failing" && queued() >= 1000).await;
     remove();
     tokio::time::sleep(Duration::from_millis(100)).await;
     put("versioned-b", "");
-    wait_until("version b to handle events", &oplet, || host.audit_of("p").iter().any(|r| r["record"]["version"] == "b")).await;
+    oplet.wait_until("version b to handle events", WAIT, || host.audit_of("p").iter().any(|r| r["record"]["version"] == "b")).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let total = streamer.await.unwrap();
-    wait_until("every event to be done", &oplet, || host.checkpoint("events") == Some(total as u64)).await;
+    oplet.wait_until("every event to be done", WAIT, || host.checkpoint("events") == Some(total as u64)).await;
     assert_eq!(seqs(&host.audit_of("echo")), (1..=total as u64).collect::<Vec<_>>(), "the neighbour saw every event once, in order");
 
     // What happened to each event in p, by seq: S (a failing version's dead
@@ -396,7 +386,7 @@ async fn a_second_signal_ends_the_shutdown_at_once_without_checkpointing_unfinis
     let mut oplet = Oplet::start(&host.config());
     oplet.wait_for_log("2 plugin(s) loaded", WAIT).await.unwrap();
     host.append("events", 2000);
-    wait_until("a backlog", &oplet, || host.dead_letters_of("stuck").len() >= 3).await;
+    oplet.wait_until("a backlog", WAIT, || host.dead_letters_of("stuck").len() >= 3).await;
     let mark = oplet.log_mark();
     oplet_tests_signal(oplet.pid(), libc::SIGTERM);
     oplet.wait_for_log_since(mark, "shutting down (Signal)", WAIT).await.unwrap();
@@ -412,7 +402,7 @@ async fn a_second_signal_ends_the_shutdown_at_once_without_checkpointing_unfinis
     // The next start delivers the rest: with stuck gone, echo sees every event.
     std::fs::remove_file(host.plugins().join("stuck.wasm")).unwrap();
     let mut again = Oplet::start(&host.config());
-    wait_until("the rest to be delivered", &again, || host.checkpoint("events") == Some(2000)).await;
+    again.wait_until("the rest to be delivered", WAIT, || host.checkpoint("events") == Some(2000)).await;
     let echo: std::collections::BTreeSet<u64> = seqs(&host.audit_of("echo")).into_iter().collect();
     assert_eq!(echo.len(), 2000, "every event reached echo at least once across the two runs");
     assert_eq!(again.terminate().unwrap().code(), Some(0));

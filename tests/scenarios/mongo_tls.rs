@@ -7,7 +7,7 @@
 
 use oplet_tests::{install_plugin, read_json_lines, temp_dir, Mongo, Oplet, TempDir, TestCa, TlsProxy};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -55,15 +55,6 @@ fn checkpoint_saved(state: &Path) -> bool {
     std::fs::read_dir(state.join("checkpoints")).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("mongo")))
 }
 
-async fn wait_until(what: &str, oplet: &Oplet, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(oplet.is_running(), "the host stopped while waiting for {what}:\n{}", oplet.logs());
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}; log:\n{}", oplet.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_arrive_over_verified_tls_with_a_client_certificate() {
     let mongo = tokio::task::block_in_place(Mongo::start);
@@ -79,7 +70,7 @@ async fn changes_arrive_over_verified_tls_with_a_client_certificate() {
     let mut oplet = tokio::task::block_in_place(|| Oplet::start(&dir.path().join("oplet.toml")));
     let state = dir.path().join("state");
     // The stream's starting point is saved as soon as it is open.
-    wait_until("the change stream to open over TLS", &oplet, || checkpoint_saved(&state)).await;
+    oplet.wait_until("the change stream to open over TLS", WAIT, || checkpoint_saved(&state)).await;
 
     let client = mongo.client().await;
     let orders = client.database("app_tls").collection::<mongodb::bson::Document>("orders");
@@ -87,7 +78,7 @@ async fn changes_arrive_over_verified_tls_with_a_client_certificate() {
         orders.insert_one(mongodb::bson::doc! { "_id": format!("o{n}"), "n": n }).await.unwrap();
     }
     let audit = state.join("audit.jsonl");
-    wait_until("five audit records", &oplet, || read_json_lines(&audit).len() >= 5).await;
+    oplet.wait_until("five audit records", WAIT, || read_json_lines(&audit).len() >= 5).await;
     let records = read_json_lines(&audit);
     for n in 0..5 {
         let id = format!("o{n}");

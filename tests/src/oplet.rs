@@ -193,6 +193,21 @@ impl Oplet {
         self.dir.path().join("oplet.log")
     }
 
+    /// Waits until `done` holds, checking every 25 ms; panics with the log after
+    /// `timeout`, or at once if the process ended and `done` still does not hold
+    /// (nothing will change it any more).
+    pub async fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            if !self.is_running() {
+                assert!(done(), "oplet exited while waiting for {what}:\n{}", self.logs());
+                return;
+            }
+            assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; log:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
