@@ -250,6 +250,66 @@ async fn capture(
 /// waits for at most one server round trip (a getMore) before it goes.
 const SEND_BATCH: usize = 256;
 
+/// Chunks of documents the reader task may hold ahead of the events made of them
+/// (each chunk is at most SEND_BATCH documents): memory stays bounded whatever the
+/// collection's size.
+const READ_AHEAD: usize = 4;
+
+/// Reads `filter` in `_id` order into chunks for `read_all`; ends after the last
+/// document (dropping `chunks`), after sending a read error, or when `read_all`
+/// is gone.
+async fn read_ahead(
+    coll: mongodb::Collection<RawDocumentBuf>,
+    filter: Document,
+    batch_size: u32,
+    chunks: tokio::sync::mpsc::Sender<Result<Vec<RawDocumentBuf>, mongodb::error::Error>>,
+) {
+    let mut cursor = match coll.find(filter).sort(doc! { "_id": 1 }).batch_size(batch_size).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Nobody listening any more is fine: the snapshot was stopped.
+            chunks.send(Err(e)).await.ok();
+            return;
+        }
+    };
+    let mut chunk = Vec::with_capacity(SEND_BATCH);
+    loop {
+        match cursor.advance().await {
+            Ok(true) => {
+                chunk.push(cursor.current().to_raw_document_buf());
+                // A chunk waits for at most one more server round trip (a getMore).
+                if chunk.len() >= SEND_BATCH {
+                    if chunks.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(false) => {
+                if !chunk.is_empty() {
+                    chunks.send(Ok(chunk)).await.ok();
+                }
+                return;
+            }
+            Err(e) => {
+                if !chunk.is_empty() && chunks.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
+                    return;
+                }
+                chunks.send(Err(e)).await.ok();
+                return;
+            }
+        }
+    }
+}
+
+/// Aborts the reader task when the snapshot read ends or is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One read of a collection.
 struct Read<'a> {
     db: &'a str,
@@ -283,22 +343,21 @@ async fn read_all(
     let mut pending: Vec<(Event, Position)> = Vec::with_capacity(SEND_BATCH);
     loop {
         let filter = query(read.filter, after.as_ref());
-        let find = coll.find(filter).sort(doc! { "_id": 1 }).batch_size(cfg.snapshot_batch);
-        let opened = tokio::select! {
-            r = find => r,
-            _ = stop.wait_for(|s| *s) => return Ok(None),
-        };
-        let failure = match opened {
-            Err(e) => e,
-            Ok(mut cursor) => loop {
-                let next = tokio::select! {
-                    r = cursor.advance() => r,
-                    _ = stop.wait_for(|s| *s) => return Ok(None),
-                };
-                match next {
-                    Ok(true) => {
-                        backoff.reset();
-                        let raw = cursor.current();
+        // The cursor is read ahead by a task of its own, up to READ_AHEAD chunks:
+        // the server prepares the next batch while this one is turned into events
+        // and handed on (nx-27017 sat idle half the time when both were in turn).
+        let (chunks, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RawDocumentBuf>, mongodb::error::Error>>(READ_AHEAD);
+        let reader = tokio::spawn(read_ahead(coll.clone(), filter, cfg.snapshot_batch, chunks));
+        let _reader = AbortOnDrop(reader);
+        let failure = loop {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = stop.wait_for(|s| *s) => return Ok(None),
+            };
+            match next {
+                Some(Ok(docs)) => {
+                    backoff.reset();
+                    for raw in &docs {
                         let Some(id) = raw.get("_id").ok().flatten().and_then(|v| Bson::try_from(v).ok()) else {
                             tracing::error!(source = %feed.source(), stream = %label, "a document without a readable _id; skipped (it cannot be resumed after or keyed)");
                             continue;
@@ -318,18 +377,19 @@ async fn read_all(
                             return Ok(None);
                         }
                         after = Some(id);
-                        progress.tick(done);
                     }
-                    Ok(false) => {
-                        if !feed.send_batch(&mut pending).await {
-                            return Ok(None);
-                        }
-                        progress.finish(done);
-                        return Ok(Some(done));
-                    }
-                    Err(e) => break e,
+                    progress.tick(done);
                 }
-            },
+                // The reader ended without an error: every document was read.
+                None => {
+                    if !feed.send_batch(&mut pending).await {
+                        return Ok(None);
+                    }
+                    progress.finish(done);
+                    return Ok(Some(done));
+                }
+                Some(Err(e)) => break e,
+            }
         };
         // What was read before the failure is handed on before reading resumes after it.
         if !feed.send_batch(&mut pending).await {
