@@ -6,7 +6,7 @@
 //! owned [`Event`] stays available (`to_event`) for code that wants a tree.
 
 use crate::event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
-use crate::raw::{split_value, Head, RawArray, RawError, RawMap, RawValue};
+use crate::raw::{head, split_value, Head, RawArray, RawError, RawMap, RawValue};
 
 /// A borrowed, lazily read [`Event`].
 #[derive(Debug, Clone, Copy)]
@@ -57,21 +57,36 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, RawError> {
     Err(RawError(msg.into()))
 }
 
-/// Entries of a map at the start of `bytes`, as (key, value) pairs with checked
-/// lengths; the caller names the map in errors.
-fn entries<'a>(v: RawValue<'a>, what: &str) -> Result<(usize, &'a [u8]), RawError> {
-    match v.head() {
-        Head::Map(n, off) => Ok((n, &v.as_bytes_raw()[off..])),
+// Parsing walks the event once, front to back: each map the view reads is entered
+// in place (its header, then its entries) rather than first measured whole and then
+// re-read, so a document is walked once, not once per level above it. Values the
+// view keeps (documents, payloads) are measured once by `split_value` and kept as
+// `RawValue`s; everything else is skipped the same way, so the whole input is still
+// checked to be well-formed.
+
+/// Reads the header of the map at the front of `rest` and moves past it: its entry count.
+fn enter_map(rest: &mut &[u8], what: &str) -> Result<usize, RawError> {
+    match head(rest)? {
+        Head::Map(n, off) => {
+            *rest = &rest[off..];
+            Ok(n)
+        }
         _ => bad(format!("{what} is not a MessagePack map")),
     }
 }
 
-fn next_entry<'a>(rest: &mut &'a [u8], what: &str) -> Result<(&'a str, RawValue<'a>), RawError> {
+/// The next key of a map being read in place.
+fn next_key<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a str, RawError> {
     let (k, tail) = split_value(rest)?;
-    let key = k.as_str().ok_or_else(|| RawError(format!("{what} has a key that is not a UTF-8 string")))?;
-    let (v, tail) = split_value(tail)?;
     *rest = tail;
-    Ok((key, v))
+    k.as_str().ok_or_else(|| RawError(format!("{what} has a key that is not a UTF-8 string")))
+}
+
+/// The next value, measured and checked whole.
+fn next_value<'a>(rest: &mut &'a [u8]) -> Result<RawValue<'a>, RawError> {
+    let (v, tail) = split_value(rest)?;
+    *rest = tail;
+    Ok(v)
 }
 
 fn string<'a>(v: RawValue<'a>, field: &str) -> Result<&'a str, RawError> {
@@ -85,13 +100,18 @@ fn opt(v: RawValue<'_>) -> Option<RawValue<'_>> {
 
 impl<'a> EventView<'a> {
     /// Reads the header of the MessagePack `Event` in `bytes`. Documents are not
-    /// decoded; their bytes are only checked to be whole (their length walked).
+    /// decoded; their bytes are only checked to be whole (their length walked, once).
     pub fn parse(bytes: &'a [u8]) -> Result<EventView<'a>, RawError> {
-        let top = RawValue::parse(bytes)?;
-        let (n, mut rest) = entries(top, "the event")?;
+        let mut rest = bytes;
+        let n = enter_map(&mut rest, "the event")?;
         let (mut seq, mut id, mut source, mut time_ms, mut body) = (None, None, None, None, None);
         for _ in 0..n {
-            let (k, v) = next_entry(&mut rest, "the event")?;
+            let k = next_key(&mut rest, "the event")?;
+            if k == "body" {
+                body = Some(body_view(&mut rest)?);
+                continue;
+            }
+            let v = next_value(&mut rest)?;
             match k {
                 "seq" => match v.head() {
                     Head::Int(i) if i >= 0 => seq = Some(i as u64),
@@ -104,9 +124,11 @@ impl<'a> EventView<'a> {
                     Head::Int(i) => time_ms = Some(i),
                     _ => return bad("event field time_ms is not an integer"),
                 },
-                "body" => body = Some(body_view(v)?),
                 _ => {}
             }
+        }
+        if !rest.is_empty() {
+            return bad(format!("{} bytes after the MessagePack value", rest.len()));
         }
         let missing = |f: &str| RawError(format!("the event has no field {f}"));
         Ok(EventView {
@@ -147,32 +169,42 @@ impl<'a> EventView<'a> {
     }
 }
 
-fn body_view(v: RawValue<'_>) -> Result<BodyView<'_>, RawError> {
-    let (n, mut rest) = entries(v, "the event body")?;
-    let (mut kind, mut data) = (None, None);
+/// Reads the body map at the front of `rest` and moves past it. The host writes
+/// `kind` before `data`, so `data` is read in place; a writer that puts `data`
+/// first costs one more walk of it.
+fn body_view<'a>(rest: &mut &'a [u8]) -> Result<BodyView<'a>, RawError> {
+    let n = enter_map(rest, "the event body")?;
+    let (mut kind, mut data, mut read) = (None, None, None);
     for _ in 0..n {
-        let (k, v) = next_entry(&mut rest, "the event body")?;
-        match k {
-            "kind" => kind = Some(string(v, "body.kind")?),
-            "data" => data = Some(v),
-            _ => {}
+        let k = next_key(rest, "the event body")?;
+        match (k, kind) {
+            ("kind", _) => kind = Some(string(next_value(rest)?, "body.kind")?),
+            ("data", Some("change")) => read = Some(BodyView::Change(change_view(rest)?)),
+            ("data", Some("socket")) => read = Some(BodyView::Socket(socket_view(rest)?)),
+            ("data", _) => data = Some(next_value(rest)?),
+            _ => {
+                next_value(rest)?;
+            }
         }
     }
     let kind = kind.ok_or_else(|| RawError("the event body has no kind".into()))?;
-    let data = match (kind, data) {
+    if let Some(view) = read {
+        return Ok(view);
+    }
+    let mut data = match (kind, data) {
         ("change" | "socket", None) => return bad(format!("the {kind} event has no data")),
         (_, None) => return Ok(BodyView::Other(kind)),
-        (_, Some(d)) => d,
+        (_, Some(d)) => d.as_bytes_raw(),
     };
     Ok(match kind {
-        "change" => BodyView::Change(change_view(data)?),
-        "socket" => BodyView::Socket(socket_view(data)?),
+        "change" => BodyView::Change(change_view(&mut data)?),
+        "socket" => BodyView::Socket(socket_view(&mut data)?),
         other => BodyView::Other(other),
     })
 }
 
-fn change_view(v: RawValue<'_>) -> Result<ChangeView<'_>, RawError> {
-    let (n, mut rest) = entries(v, "the change")?;
+fn change_view<'a>(rest: &mut &'a [u8]) -> Result<ChangeView<'a>, RawError> {
+    let n = enter_map(rest, "the change")?;
     let mut c = ChangeView {
         op: "",
         db: "",
@@ -185,7 +217,8 @@ fn change_view(v: RawValue<'_>) -> Result<ChangeView<'_>, RawError> {
     };
     let (mut op, mut db, mut coll) = (None, None, None);
     for _ in 0..n {
-        let (k, v) = next_entry(&mut rest, "the change")?;
+        let k = next_key(rest, "the change")?;
+        let v = next_value(rest)?;
         match k {
             "op" => op = Some(string(v, "change.op")?),
             "db" => db = Some(string(v, "change.db")?),
@@ -217,11 +250,12 @@ fn change_view(v: RawValue<'_>) -> Result<ChangeView<'_>, RawError> {
     Ok(c)
 }
 
-fn socket_view(v: RawValue<'_>) -> Result<SocketView<'_>, RawError> {
-    let (n, mut rest) = entries(v, "the socket event")?;
+fn socket_view<'a>(rest: &mut &'a [u8]) -> Result<SocketView<'a>, RawError> {
+    let n = enter_map(rest, "the socket event")?;
     let (mut client, mut event, mut payload) = (None, None, RawValue::null());
     for _ in 0..n {
-        let (k, v) = next_entry(&mut rest, "the socket event")?;
+        let k = next_key(rest, "the socket event")?;
+        let v = next_value(rest)?;
         match k {
             "client" => client = Some(string(v, "socket.client")?),
             "event" => event = Some(string(v, "socket.event")?),
