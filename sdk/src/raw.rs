@@ -216,10 +216,15 @@ impl<'a> RawValue<'a> {
 
     /// A string, borrowed from the input (`None` for other types or bad UTF-8).
     pub fn as_str(&self) -> Option<&'a str> {
-        match self.head() {
-            Head::Str(off, len) => std::str::from_utf8(&self.bytes[off..off + len]).ok(),
-            _ => None,
-        }
+        let (off, len) = match self.bytes[0] {
+            // fixstr, the usual case, without decoding a `Head`.
+            b @ 0xa0..=0xbf => (1, usize::from(b & 0x1f)),
+            _ => match self.head() {
+                Head::Str(off, len) => (off, len),
+                _ => return None,
+            },
+        };
+        std::str::from_utf8(&self.bytes[off..off + len]).ok()
     }
 
     /// A MessagePack `bin`, borrowed. (The host sends BSON binary as the
