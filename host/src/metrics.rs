@@ -214,20 +214,41 @@ pub fn events_in(source: &str, n: u64) {
     METRICS.events_in.get_or_create(&SourceLabel { source: source.to_string() }).inc_by(n);
 }
 
-/// Times one plugin call; counts it as handled when it succeeded, or its failure's cause.
-pub fn time_call<T>(plugin: &str, version: &str, call: impl FnOnce() -> Result<T, crate::runtime::CallError>) -> Result<T, crate::runtime::CallError> {
-    let started = Instant::now();
-    let res = call();
-    METRICS.plugin_call_seconds.get_or_create(&PluginLabel { plugin: plugin.to_string() }).observe(started.elapsed().as_secs_f64());
-    match &res {
-        Ok(_) => {
-            METRICS.plugin_handled.get_or_create(&PluginVersionLabel { plugin: plugin.to_string(), version: version.to_string() }).inc();
-        }
-        Err(e) => {
-            METRICS.plugin_failures.get_or_create(&FailureLabel { plugin: plugin.to_string(), cause: failure_cause(e).to_string() }).inc();
-        }
+/// The per-call series of one plugin version, looked up once when the version is
+/// installed: a lookup per call allocated three label strings and hashed them
+/// under the families' locks. The handles share their values with the registry.
+#[derive(Clone)]
+pub struct CallMetrics {
+    plugin: String,
+    seconds: Histogram,
+    handled: Counter,
+}
+
+impl CallMetrics {
+    pub fn new(plugin: &str, version: &str) -> CallMetrics {
+        let seconds = METRICS.plugin_call_seconds.get_or_create(&PluginLabel { plugin: plugin.to_string() }).clone();
+        let label = PluginVersionLabel { plugin: plugin.to_string(), version: version.to_string() };
+        let handled = METRICS.plugin_handled.get_or_create(&label).clone();
+        CallMetrics { plugin: plugin.to_string(), seconds, handled }
     }
-    res
+
+    /// Times one call; counts it as handled when it succeeded, or its failure's
+    /// cause (failures are rare: their series is looked up when one happens).
+    pub fn time<T>(&self, call: impl FnOnce() -> Result<T, crate::runtime::CallError>) -> Result<T, crate::runtime::CallError> {
+        let started = Instant::now();
+        let res = call();
+        self.seconds.observe(started.elapsed().as_secs_f64());
+        match &res {
+            Ok(_) => {
+                self.handled.inc();
+            }
+            Err(e) => {
+                let label = FailureLabel { plugin: self.plugin.clone(), cause: failure_cause(e).to_string() };
+                METRICS.plugin_failures.get_or_create(&label).inc();
+            }
+        }
+        res
+    }
 }
 
 /// A short, stable label for a failed call.
@@ -379,6 +400,22 @@ mod tests {
         assert!(text.contains("oplet_snapshot_documents_per_second{stream=\"unit.db.coll\"} 2.5"), "{text}");
         let listed: Vec<_> = snapshots().into_iter().filter(|s| s.0 == "unit.db.coll").collect();
         assert_eq!(listed, vec![("unit.db.coll".to_string(), 10, 10, 2.5)], "listed once, with the shared values");
+    }
+
+    #[test]
+    fn a_cached_call_handle_counts_into_the_registry_series() {
+        let m = CallMetrics::new("unit-cached", "1.2.3");
+        for _ in 0..3 {
+            m.time(|| Ok::<_, crate::runtime::CallError>(())).unwrap();
+        }
+        let err = m.time(|| Err::<(), _>(crate::runtime::CallError::Plugin("no".into())));
+        assert!(err.is_err());
+        // A second handle for the same version shares the series.
+        CallMetrics::new("unit-cached", "1.2.3").time(|| Ok::<_, crate::runtime::CallError>(())).unwrap();
+        let text = get().encode();
+        assert!(text.contains("oplet_plugin_events_handled_total{plugin=\"unit-cached\",version=\"1.2.3\"} 4"), "{text}");
+        assert!(text.contains("oplet_plugin_failures_total{plugin=\"unit-cached\",cause=\"plugin_error\"} 1"), "{text}");
+        assert!(text.contains("oplet_plugin_call_seconds_count{plugin=\"unit-cached\"} 5"), "{text}");
     }
 
     #[test]

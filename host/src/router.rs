@@ -65,6 +65,8 @@ pub struct Version {
     pub manifest: Arc<Manifest>,
     pub caps: Capabilities,
     pub digest: String,
+    /// Its per-call metric series, looked up once here rather than per call.
+    pub metrics: crate::metrics::CallMetrics,
 }
 
 /// What the registry says about a loaded plugin.
@@ -140,7 +142,8 @@ impl Registry {
     /// included) goes to the new one. A new version starts healthy.
     pub fn install(self: &Arc<Self>, code: PluginCode, manifest: Manifest, caps: Capabilities, digest: String) {
         let name = manifest.name.clone();
-        let version = Arc::new(Version { code, manifest: Arc::new(manifest), caps, digest });
+        let metrics = crate::metrics::CallMetrics::new(&name, &manifest.version);
+        let version = Arc::new(Version { code, manifest: Arc::new(manifest), caps, digest, metrics });
         let mut slots = self.slots.lock().expect("slots lock");
         let slot = slots.entry(name.clone()).or_insert_with(|| Slot::new(&name, self.clone())).clone();
         {
@@ -759,7 +762,7 @@ impl Worker {
         let inst = self.instance.as_mut().expect("instance just made");
         #[cfg(test)]
         tests::HANDED.lock().expect("test log").push((self.slot.name.clone(), env.event.seq, env.event.bytes().as_ptr() as usize));
-        let res = crate::metrics::time_call(&self.slot.name, &version.manifest.version, || inst.handle(env.event.bytes()));
+        let res = version.metrics.time(|| inst.handle(env.event.bytes()));
         if let Err(e) = &res {
             if e.poisons_instance() {
                 // Its memory may be half-updated: never call it again.

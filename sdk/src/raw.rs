@@ -130,8 +130,18 @@ pub(crate) fn value_len(bytes: &[u8]) -> Result<usize, RawError> {
     let mut pending: u64 = 1;
     while pending > 0 {
         let rest = bytes.get(at..).unwrap_or(&[]);
-        let h = head(rest)?;
-        let (len, children) = scalar_len(rest, h);
+        // The one-byte headers (small ints, nil, bools, fixstr, fixmap, fixarray)
+        // are most of any document: read them without building a `Head`.
+        let (len, children) = match rest.first() {
+            Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => (1, 0),
+            Some(&b @ 0x80..=0x8f) => (1, 2 * u64::from(b & 0x0f)),
+            Some(&b @ 0x90..=0x9f) => (1, u64::from(b & 0x0f)),
+            Some(&b @ 0xa0..=0xbf) => (1 + (b & 0x1f) as usize, 0),
+            _ => {
+                let h = head(rest)?;
+                scalar_len(rest, h)
+            }
+        };
         if len > rest.len() {
             return err("MessagePack value is cut short");
         }
@@ -206,10 +216,15 @@ impl<'a> RawValue<'a> {
 
     /// A string, borrowed from the input (`None` for other types or bad UTF-8).
     pub fn as_str(&self) -> Option<&'a str> {
-        match self.head() {
-            Head::Str(off, len) => std::str::from_utf8(&self.bytes[off..off + len]).ok(),
-            _ => None,
-        }
+        let (off, len) = match self.bytes[0] {
+            // fixstr, the usual case, without decoding a `Head`.
+            b @ 0xa0..=0xbf => (1, usize::from(b & 0x1f)),
+            _ => match self.head() {
+                Head::Str(off, len) => (off, len),
+                _ => return None,
+            },
+        };
+        std::str::from_utf8(&self.bytes[off..off + len]).ok()
     }
 
     /// A MessagePack `bin`, borrowed. (The host sends BSON binary as the

@@ -125,6 +125,39 @@ fn a_broken_event_is_an_error_naming_what_is_wrong() {
     assert_eq!(EventView::parse(&bad_op).unwrap_err().to_string(), "event field change.op is not a string");
 }
 
+/// The one-pass reader matches known keys as bytes: an unknown key must still be
+/// UTF-8, a key must be a string, nothing may follow the event, and a writer that
+/// puts the body's `data` before its `kind` is read the same.
+#[test]
+fn keys_are_checked_and_field_order_does_not_matter() {
+    let good = codec::encode(&order_event()).unwrap();
+    let mut trailing = good.clone();
+    trailing.push(0xc0);
+    assert_eq!(EventView::parse(&trailing).unwrap_err().to_string(), "1 bytes after the MessagePack value");
+    // A sixth top-level key, 0xff as a 1-byte string: not UTF-8.
+    let mut bad_key = good.clone();
+    bad_key[0] += 1;
+    bad_key.extend_from_slice(&[0xa1, 0xff, 0xc0]);
+    assert_eq!(EventView::parse(&bad_key).unwrap_err().to_string(), "the event has a key that is not a UTF-8 string");
+    let mut int_key = good.clone();
+    int_key[0] += 1;
+    int_key.extend_from_slice(&[0x01, 0xc0]);
+    assert_eq!(EventView::parse(&int_key).unwrap_err().to_string(), "the event has a key that is not a UTF-8 string");
+    let mut unknown = good.clone();
+    unknown[0] += 1;
+    unknown.extend_from_slice(&[0xa3, b'n', b'e', b'w', 0x91, 0x01]);
+    assert_eq!(EventView::parse(&unknown).unwrap().body.to_body().unwrap(), order_event().body);
+    // `data` before `kind`.
+    let data_first = json(
+        r#"{"seq":1,"id":"x","source":"s","time_ms":0,"body":{"data":{"op":"insert","db":"d","coll":"c","key":{"_id":1}},"kind":"change"}}"#,
+    );
+    let bytes = codec::encode(&data_first).unwrap();
+    let view = EventView::parse(&bytes).unwrap();
+    let change = view.change().expect("a change");
+    assert_eq!((change.op, change.db, change.coll), ("insert", "d", "c"));
+    assert_eq!(change.id().and_then(|v| v.as_i64()), Some(1));
+}
+
 #[test]
 fn raw_values_reemit_through_serde_without_a_tree() {
     let v = json(r#"{"a":[1,-2,2.5,"s",null,true,{"b":{}}]}"#);

@@ -159,6 +159,11 @@ impl Runtime {
         // refuses such modules first, with the reason; this is the second line).
         config.wasm_multi_memory(false);
         config.wasm_memory64(false);
+        // For profiling only: `OPLET_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map
+        // so `perf report` names the guest's compiled functions. Off by default.
+        if std::env::var("OPLET_WASM_PROFILER").is_ok_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         linker.func_wrap("oplet", "log", host_log)?;

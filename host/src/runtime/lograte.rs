@@ -4,6 +4,7 @@
 //! the count is reported in one line at the end of the call (at most once a
 //! second), so a plugin that floods the log costs the host a bounded amount.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,9 @@ pub struct LogBudget {
     plugin: std::sync::Arc<str>,
     rate: u64,
     state: Mutex<Bucket>,
+    /// Whether anything was dropped since the last report: read at the end of
+    /// every call, so a plugin that logs within its rate costs no lock there.
+    dropped: AtomicBool,
 }
 
 struct Bucket {
@@ -35,6 +39,7 @@ impl LogBudget {
             plugin,
             rate,
             state: Mutex::new(Bucket { tokens: rate as f64, refilled: Instant::now(), dropped_lines: 0, dropped_bytes: 0, reported: None }),
+            dropped: AtomicBool::new(false),
         }
     }
 
@@ -53,6 +58,7 @@ impl LogBudget {
         } else {
             b.dropped_lines += 1;
             b.dropped_bytes += len as u64;
+            self.dropped.store(true, Ordering::Relaxed);
             false
         }
     }
@@ -60,10 +66,15 @@ impl LogBudget {
     /// What was dropped since the last report, if anything was and the last report
     /// is at least `every` old (or there was none).
     pub fn take_report(&self, every: Duration) -> Option<Dropped> {
+        // Set under the lock by `admit`: seen here at the latest on a later call.
+        if !self.dropped.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if b.dropped_lines == 0 || b.reported.is_some_and(|t| t.elapsed() < every) {
             return None;
         }
+        self.dropped.store(false, Ordering::Relaxed);
         b.reported = Some(Instant::now());
         let d = Dropped { lines: b.dropped_lines, bytes: b.dropped_bytes };
         b.dropped_lines = 0;

@@ -16,7 +16,7 @@ use super::store::StoreState;
 use oplet_sdk::{codec, Effect, Value, ABI_VERSION};
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmtime::{
     ExternType, InstancePre, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
@@ -212,9 +212,8 @@ impl PluginCode {
             return Err(LoadErrorOrCall::Load(LoadError::AbiVersion { found, expected: ABI_VERSION }));
         }
         let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, clock: self.clock.clone() };
-        if let Some(init) = inst.init.clone() {
-            let config = self.config.clone();
-            match inst.call(init, &config).map_err(LoadErrorOrCall::Call)? {
+        if inst.init.is_some() {
+            match inst.call(Export::Init, &self.config).map_err(LoadErrorOrCall::Call)? {
                 WireReply::Err { message } => {
                     return Err(LoadErrorOrCall::Call(CallError::Plugin(message.unwrap_or_default())));
                 }
@@ -251,6 +250,10 @@ fn decode_reply(bytes: &[u8]) -> Result<WireReply, CallError> {
         return Err(CallError::BadReply(
             "the reply is empty (length 0); return the packed pointer and length of a MessagePack map such as {\"status\": \"ok\", \"effects\": []} (docs/abi.md section 7.5)".into(),
         ));
+    }
+    if bytes == oplet_sdk::EMPTY_OK_REPLY {
+        // What the SDK sends when a call asks for nothing: no need to read it.
+        return Ok(WireReply::Ok { effects: None });
     }
     if let Some(reply) = decode_ok_reply(bytes) {
         return Ok(reply);
@@ -298,6 +301,13 @@ impl From<LoadError> for LoadErrorOrCall {
     }
 }
 
+/// Which export `Instance::call` runs.
+#[derive(Clone, Copy)]
+enum Export {
+    Handle,
+    Init,
+}
+
 /// One live instance of a plugin. Not shared between threads: the router gives
 /// each plugin its own worker.
 pub struct Instance {
@@ -314,8 +324,7 @@ impl Instance {
     /// Runs the plugin on one event, given as its MessagePack bytes (ABI v1,
     /// docs/abi.md §7.1), encoded once by the source and shared by every plugin.
     pub fn handle(&mut self, event: &[u8]) -> Result<Vec<Effect>, CallError> {
-        let handle = self.handle.clone();
-        match self.call(handle, event)? {
+        match self.call(Export::Handle, event)? {
             WireReply::Ok { effects } => {
                 let effects = effects.unwrap_or_default();
                 if effects.len() > self.limits.effects {
@@ -327,14 +336,19 @@ impl Instance {
         }
     }
 
-    fn call(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<WireReply, CallError> {
+    fn call(&mut self, f: Export, input: &[u8]) -> Result<WireReply, CallError> {
         let result = self.call_inner(f, input);
         self.store.data().log.report(LOG_REPORT_EVERY);
         result
     }
 
-    fn call_inner(&mut self, f: TypedFunc<(u32, u32), u64>, input: &[u8]) -> Result<WireReply, CallError> {
-        let started = Instant::now();
+    fn call_inner(&mut self, f: Export, input: &[u8]) -> Result<WireReply, CallError> {
+        // Borrowed, not cloned: cloning a `TypedFunc` clones its registered type
+        // (reference counts and a registry lookup), which showed in the profile.
+        let f = match f {
+            Export::Handle => &self.handle,
+            Export::Init => self.init.as_ref().expect("oplet_init is called only when exported"),
+        };
         let _running = self.clock.enter();
         self.store.set_epoch_deadline(ticks(self.limits.time_ms));
         self.store.data_mut().last_error = None;
@@ -355,7 +369,7 @@ impl Instance {
         let packed = f.call(&mut self.store, (ptr, len)).map_err(|e| {
             let mut err = classify(&self.store, e, self.limits);
             if let CallError::Timeout { .. } = err {
-                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "plugin call interrupted");
+                tracing::debug!(budget_ms = self.limits.time_ms, "plugin call interrupted");
             }
             if let (CallError::Trap(msg), Some(said)) = (&mut err, self.store.data().last_error.as_ref()) {
                 *msg = format!("{msg} ({said})");
