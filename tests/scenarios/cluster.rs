@@ -347,16 +347,29 @@ async fn three_hosts_share_six_streams_a_killed_one_is_taken_over_without_loss_a
             logs.push_str(&o.logs());
         }
     }
-    // Clean stops give the leases back at once; the only exception is a stream that
-    // could not stop before its lease ran out (a slow server): it is cancelled,
-    // says so, and its lease expires instead.
+    // Clean stops give the leases back at once. A lease still shown as owned must
+    // have been given back by its host under that epoch (nx-27017 can show a
+    // write late: docs/cluster.md, "Known issue") or belong to a stream that could
+    // not stop before its lease ran out (cancelled, and said so); either way it is
+    // free once its lease has run out.
     let s = tokio::task::block_in_place(|| status(&config));
     for x in s["streams"].as_array().unwrap() {
         if let Some(owner) = x["owner"].as_str() {
             let st = x["stream"].as_str().unwrap();
-            let said = logs.lines().any(|l| l.contains(st) && l.contains("did not stop within"));
+            let gave_back = format!("gave the lease back after the last checkpoint stream={st} epoch={}", x["epoch"]);
+            let said = logs.lines().any(|l| (l.contains(st) && l.contains("did not stop within")) || l.contains(&gave_back));
             assert!(said, "{st} still owned by {owner} after a clean stop, with no reason logged:\n{s:#}\n{}", logs.lines().filter(|l| l.contains(st)).collect::<Vec<_>>().join("\n"));
+            eprintln!("[cluster] {st} still shown as owned by {owner} right after the clean stop; its host said why");
         }
+    }
+    let start = Instant::now();
+    loop {
+        let s = tokio::task::block_in_place(|| status(&config));
+        if s["streams"].as_array().unwrap().iter().all(|x| x["owner"].is_null()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_millis(LEASE_MS * 3), "leases still owned {LEASE_MS} ms after every host stopped:\n{s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
