@@ -78,14 +78,14 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
     let mut base = Watcher::pymongo(&uri, &db, "items");
     let mut floor = Watcher::driver_floor(&uri, &db, "items");
     let idle = Duration::from_secs(3);
-    let (o0, b0, f0) = (cpu(opid), cpu(base.pid()), cpu(floor.pid()));
+    let (o0, b0, f0) = (oplet_tests::cpu_seconds(opid), oplet_tests::cpu_seconds(base.pid()), oplet_tests::cpu_seconds(floor.pid()));
     tokio::time::sleep(idle).await;
-    let (o_idle, b_idle, f_idle) = (cpu(opid) - o0, cpu(base.pid()) - b0, cpu(floor.pid()) - f0);
+    let (o_idle, b_idle, f_idle) = (oplet_tests::cpu_seconds(opid) - o0, oplet_tests::cpu_seconds(base.pid()) - b0, oplet_tests::cpu_seconds(floor.pid()) - f0);
 
     // 2. throughput
     let docs: Vec<Document> = (0..n).map(|i| doc! { "_id": format!("i{i:07}"), "i": i as i64, "pad": "x".repeat(64) }).collect();
-    let (o0, b0, f0) = (cpu(opid), cpu(base.pid()), cpu(floor.pid()));
-    let threads0 = cpu_by_thread(opid);
+    let (o0, b0, f0) = (oplet_tests::cpu_seconds(opid), oplet_tests::cpu_seconds(base.pid()), oplet_tests::cpu_seconds(floor.pid()));
+    let threads0 = oplet_tests::cpu_by_thread(opid);
     let started = Instant::now();
     items.insert_many(docs).await.unwrap();
     let inserted = started.elapsed();
@@ -93,25 +93,25 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
     let (mut o_done, mut b_done, mut f_done) = (None, None, None);
     while o_done.is_none() || b_done.is_none() || f_done.is_none() {
         if o_done.is_none() && oplet_caught_up(&state, &db, "marker") {
-            o_done = Some((started.elapsed(), cpu(opid) - o0));
+            o_done = Some((started.elapsed(), oplet_tests::cpu_seconds(opid) - o0));
         }
         if b_done.is_none() {
             if let Some(summary) = base.summary() {
                 assert_eq!(summary["events"], n, "the baseline saw every insert");
-                b_done = Some((started.elapsed(), cpu(base.pid()) - b0));
+                b_done = Some((started.elapsed(), oplet_tests::cpu_seconds(base.pid()) - b0));
             }
         }
         if f_done.is_none() {
             if let Some(summary) = floor.summary() {
                 assert_eq!(summary["events"], n, "the driver floor saw every insert");
-                f_done = Some((started.elapsed(), cpu(floor.pid()) - f0));
+                f_done = Some((started.elapsed(), oplet_tests::cpu_seconds(floor.pid()) - f0));
             }
         }
         assert!(started.elapsed() < Duration::from_secs(600), "throughput phase did not finish:\n{}", oplet.logs());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (o_done, b_done, f_done) = (o_done.unwrap(), b_done.unwrap(), f_done.unwrap());
-    let threads_throughput = thread_delta(&threads0, &cpu_by_thread(opid));
+    let threads_throughput = thread_delta(&threads0, &oplet_tests::cpu_by_thread(opid));
     drop(base);
     drop(floor);
 
@@ -119,8 +119,8 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
     let mut base = Watcher::pymongo(&uri, &db, "lat");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tail = AuditTail::start(state.join("audit.jsonl"), "lat");
-    let (o0, b0) = (cpu(opid), cpu(base.pid()));
-    let threads0 = cpu_by_thread(opid);
+    let (o0, b0) = (oplet_tests::cpu_seconds(opid), oplet_tests::cpu_seconds(base.pid()));
+    let threads0 = oplet_tests::cpu_by_thread(opid);
     let started = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / rate as f64);
     for i in 0..m {
@@ -136,11 +136,11 @@ async fn run(n: u64, m: u64, rate: u64, extra: &str) {
     while o_cpu.is_none() || b_summary.is_none() {
         oplet_lat.extend(tail.take());
         if o_cpu.is_none() && oplet_lat.len() as u64 >= m {
-            o_cpu = Some((cpu(opid) - o0, thread_delta(&threads0, &cpu_by_thread(opid))));
+            o_cpu = Some((oplet_tests::cpu_seconds(opid) - o0, thread_delta(&threads0, &oplet_tests::cpu_by_thread(opid))));
         }
         if b_summary.is_none() {
             if let Some(s) = base.summary() {
-                b_cpu = Some(cpu(base.pid()) - b0);
+                b_cpu = Some(oplet_tests::cpu_seconds(base.pid()) - b0);
                 b_summary = Some(s);
             }
         }
@@ -222,33 +222,6 @@ fn percentiles(v: &mut [f64]) -> String {
 
 fn now_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
-}
-
-/// CPU seconds per thread name (tokio workers summed), for where the time goes.
-fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let Some((head, after)) = stat.rsplit_once(')') else { continue };
-        let name = head.split_once('(').map(|(_, n)| n.to_string()).unwrap_or_default();
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-        *out.entry(name).or_insert(0.0) += ticks as f64 / hz;
-    }
-    out
 }
 
 /// `after - before` per thread, as "name 12 ms" pairs, largest first.

@@ -158,7 +158,7 @@ async fn run(n: u64, base_n: u64) {
             first_read = Some(started.elapsed().as_secs_f64());
         }
         own = cpu_tree(opid).max(own);
-        let threads = cpu_by_thread(opid);
+        let threads = oplet_tests::cpu_by_thread(opid);
         if count(&sql, "snap_b").await >= n as i64 {
             break threads;
         }
@@ -377,22 +377,6 @@ fn cpu_tree(pid: u32) -> f64 {
         .map(|(_, own, reaped)| own + reaped)
         .sum();
     own + reaped + children
-}
-
-/// CPU seconds per thread name (tokio workers summed).
-fn cpu_by_thread(pid: u32) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let Some((head, after)) = stat.rsplit_once(')') else { continue };
-        let name = head.split_once('(').map(|(_, n)| n.to_string()).unwrap_or_default();
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-        *out.entry(name).or_insert(0.0) += ticks as f64 / hz;
-    }
-    out
 }
 
 fn thread_list(threads: &BTreeMap<String, f64>) -> String {

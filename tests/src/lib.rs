@@ -4,6 +4,7 @@
 //! when dropped. Scenarios in `tests/scenarios/` use these so each test reads as a story.
 //! Nothing here skips silently: a missing tool panics with the command that installs it.
 
+mod cpu;
 mod http;
 mod mongo;
 mod oplet;
@@ -16,6 +17,7 @@ mod require;
 mod tls;
 mod state;
 
+pub use cpu::{cpu_by_thread, cpu_seconds};
 pub use http::{http_get, metric_sample};
 pub use mongo::{Mongo, MONGODB_URI_ENV};
 pub use oplet::{oplet_bin, Oplet};
