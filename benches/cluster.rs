@@ -14,14 +14,11 @@
 //! repetitions of each failover).
 
 use mongodb::bson::{doc, Document};
-use oplet_tests::{free_port, install_plugin, Mongo, Oplet};
-use std::collections::HashMap;
+use oplet_tests::{install_plugin, Mongo, MongoProxy, Oplet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 fn main() {
     let reps: usize = std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -54,7 +51,7 @@ async fn run(reps: usize) {
     }
 
     println!("\nsteady cost: MongoDB commands/s of one idle host watching 6 collections (10 s each, through a counting proxy)");
-    let proxy = Proxy::start(&mongo.uri()).await;
+    let proxy = MongoProxy::start(&mongo.uri()).await;
     let off = commands_per_s(&proxy, &next_db(), None).await;
     println!("  without leases (baseline): {:.1} commands/s  {}", off.0, off.1);
     for (lease, renew) in [(10_000u64, 3000u64), (2000, 500)] {
@@ -171,7 +168,7 @@ async fn restart_once(mongo: &Mongo, client: &mongodb::Client, db: &str) -> Dura
 }
 
 /// Commands per second of one idle host over 10 s, and the busiest commands.
-async fn commands_per_s(proxy: &Proxy, db: &str, leases: Option<(u64, u64)>) -> (f64, String) {
+async fn commands_per_s(proxy: &MongoProxy, db: &str, leases: Option<(u64, u64)>) -> (f64, String) {
     let dir = host(&proxy.uri(), db, 6, leases.map(|(l, r)| ("solo", l, r)));
     let oplet = Oplet::start(&dir.path().join("oplet.toml"));
     let start = Instant::now();
@@ -192,82 +189,3 @@ async fn commands_per_s(proxy: &Proxy, db: &str, leases: Option<(u64, u64)>) -> 
     (total, by.iter().map(|(k, r)| format!("{k} {r:.1}")).collect::<Vec<_>>().join(", "))
 }
 
-/// A TCP proxy that counts the OP_MSG commands clients send, by name.
-struct Proxy {
-    port: u16,
-    counts: Arc<Mutex<HashMap<String, u64>>>,
-}
-
-impl Proxy {
-    async fn start(upstream_uri: &str) -> Proxy {
-        let rest = upstream_uri.split_once("://").unwrap().1;
-        let upstream = rest.split(['/', '?']).next().unwrap().split(',').next().unwrap().to_string();
-        let port = free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let counts = Arc::new(Mutex::new(HashMap::new()));
-        let c = counts.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else { return };
-                let Ok(server) = TcpStream::connect(&upstream).await else { continue };
-                tokio::spawn(pipe(client, server, c.clone()));
-            }
-        });
-        Proxy { port, counts }
-    }
-
-    fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
-    }
-
-    fn counts(&self) -> HashMap<String, u64> {
-        self.counts.lock().unwrap().clone()
-    }
-}
-
-async fn pipe(mut client: TcpStream, mut server: TcpStream, counts: Arc<Mutex<HashMap<String, u64>>>) {
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let up = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let n = match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(name) = next_command(&mut pending) {
-                *counts.lock().unwrap().entry(name).or_default() += 1;
-            }
-            if sw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = up => {}
-        _ = tokio::io::copy(&mut sr, &mut cw) => {}
-    }
-}
-
-/// One whole wire message off the front of `pending`: its command name (the first
-/// key of an OP_MSG body), or `None` when no whole message is there yet.
-fn next_command(pending: &mut Vec<u8>) -> Option<String> {
-    if pending.len() < 16 {
-        return None;
-    }
-    let len = i32::from_le_bytes(pending[0..4].try_into().unwrap()) as usize;
-    if pending.len() < len || len < 16 {
-        return None;
-    }
-    let msg: Vec<u8> = pending.drain(..len).collect();
-    let op = i32::from_le_bytes(msg[12..16].try_into().unwrap());
-    Some(if op == 2013 && msg.len() > 26 && msg[20] == 0 {
-        let key = &msg[26..];
-        let end = key.iter().position(|b| *b == 0).unwrap_or(0);
-        String::from_utf8_lossy(&key[..end]).into_owned()
-    } else {
-        format!("op{op}")
-    })
-}

@@ -7,6 +7,7 @@
 mod cpu;
 mod http;
 mod mongo;
+mod mongo_proxy;
 mod oplet;
 mod plugins;
 mod port;
@@ -20,6 +21,7 @@ mod state;
 pub use cpu::{cpu_by_thread, cpu_seconds};
 pub use http::{http_get, metric_sample};
 pub use mongo::{Mongo, MONGODB_URI_ENV};
+pub use mongo_proxy::MongoProxy;
 pub use oplet::{oplet_bin, Oplet};
 pub use plugins::{
     install_plugin, install_plugin_bytes, install_plugin_from, remove_plugin, wasm_plugins, WasmPlugins,
