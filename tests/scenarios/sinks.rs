@@ -7,7 +7,6 @@
 
 use oplet_tests::{install_plugin, install_plugin_from, repo_root, wasm_plugins, Mongo, Oplet, Postgres, Redis, TempDir};
 use serde_json::{json, Value};
-use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -106,23 +105,6 @@ fn user(id: &str, email: &str, name: &str, uuid: &str) -> Value {
     json!({"_id": {"$oid": id}, "email": email, "profile": {"name": name}, "uuid": uuid, "actor": "admin"})
 }
 
-/// Polls `check` until it returns `Some`, or fails after `WAIT` with `what` and
-/// the host's last log lines.
-async fn eventually<T, F, Fut>(oplet: &Oplet, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "waited {WAIT:?} for {what}; host log:\n{}", oplet.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Rows in `table`; 0 while it does not exist (the audit table is the host's).
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
     let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.unwrap().get(0);
@@ -175,8 +157,8 @@ async fn changes_become_deleted_keys_mirrored_rows_and_audit_records_once_each()
     ]);
     let oplet = Oplet::start(&host.config());
 
-    eventually(&oplet, "5 audit rows in PostgreSQL", || async { (count(&db, "oplet_audit").await == 5).then_some(()) }).await;
-    eventually(&oplet, "the checkpoint after event 5", || async { (host.checkpoint() == Some(json!(5))).then_some(()) }).await;
+    oplet.eventually("5 audit rows in PostgreSQL", WAIT, || async { (count(&db, "oplet_audit").await == 5).then_some(()) }).await;
+    oplet.eventually("the checkpoint after event 5", WAIT, || async { (host.checkpoint() == Some(json!(5))).then_some(()) }).await;
 
     // Rows: Ada updated, Bob inserted then deleted; the document column is the
     // whole document in its extended-JSON shape.
@@ -229,8 +211,8 @@ async fn a_crash_and_replay_leaves_no_duplicate_rows_or_audit_records() {
     host.append(&events);
     // The first run writes no checkpoint before it crashes, so every event replays.
     let mut oplet = Oplet::start_with_env(&host.config(), &[("OPLET__DELIVERY__CHECKPOINT_INTERVAL_MS", "600000")]);
-    eventually(&oplet, "60 audit rows", || async { (count(&db, "oplet_audit").await == 60).then_some(()) }).await;
-    eventually(&oplet, "60 audit lines", || async { (host.audit().len() == 60).then_some(()) }).await;
+    oplet.eventually("60 audit rows", WAIT, || async { (count(&db, "oplet_audit").await == 60).then_some(()) }).await;
+    oplet.eventually("60 audit lines", WAIT, || async { (host.audit().len() == 60).then_some(()) }).await;
     oplet.kill();
     assert_eq!(host.checkpoint(), None, "no checkpoint was written before the crash, so all 60 events replay");
 
@@ -276,8 +258,8 @@ async fn a_field_that_looks_like_sql_is_stored_as_data_and_a_column_that_does_is
     host.append(&[change("insert", "users", &id, Some(doc.clone()))]);
     let oplet = Oplet::start(&host.config());
 
-    eventually(&oplet, "the row", || async { (count(&db, "users").await == 1).then_some(()) }).await;
-    let dead = eventually(&oplet, "the refused column's dead letter", || async {
+    oplet.eventually("the row", WAIT, || async { (count(&db, "users").await == 1).then_some(()) }).await;
+    let dead = oplet.eventually("the refused column's dead letter", WAIT, || async {
         let d = host.dead_letters();
         (!d.is_empty()).then_some(d)
     })
@@ -309,12 +291,12 @@ async fn a_plugin_asking_for_a_table_it_was_not_granted_is_refused() {
     host.append(&[change("insert", "users", &id, Some(json!({"_id": {"$oid": id}, "email": "e@x.io"})))]);
     let oplet = Oplet::start(&host.config());
 
-    let dead = eventually(&oplet, "the refusal's dead letter", || async {
+    let dead = oplet.eventually("the refusal's dead letter", WAIT, || async {
         let d = host.dead_letters();
         (!d.is_empty()).then_some(d)
     })
     .await;
-    eventually(&oplet, "the granted row", || async { (count(&db, "users").await == 1).then_some(()) }).await;
+    oplet.eventually("the granted row", WAIT, || async { (count(&db, "users").await == 1).then_some(()) }).await;
     assert_eq!(count(&db, "secrets").await, 0, "nothing reached the ungranted table");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["stage"], "pg-sync");
@@ -348,7 +330,7 @@ async fn postgres_going_away_mid_stream_loses_nothing_once_it_is_back() {
         }
     });
     let db = pg.client().await;
-    eventually(&oplet, "the first rows", || async { (count(&db, "users").await >= 100).then_some(()) }).await;
+    oplet.eventually("the first rows", WAIT, || async { (count(&db, "users").await >= 100).then_some(()) }).await;
     tokio::task::block_in_place(|| pg.stop());
     let mark = oplet.log_mark();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -357,7 +339,7 @@ async fn postgres_going_away_mid_stream_loses_nothing_once_it_is_back() {
     tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
 
     let db = pg.client().await;
-    eventually(&oplet, "every row after the outage", || async { (count(&db, "users").await == i64::from(TOTAL)).then_some(()) }).await;
+    oplet.eventually("every row after the outage", WAIT, || async { (count(&db, "users").await == i64::from(TOTAL)).then_some(()) }).await;
     let emails: Vec<String> = db.query("SELECT email FROM users ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(emails, (0..TOTAL).map(|n| format!("u{n}@x.io")).collect::<Vec<_>>());
     assert!(host.dead_letters().is_empty(), "nothing was given up: {:?}", host.dead_letters());
@@ -377,7 +359,7 @@ async fn a_postgres_that_is_down_at_start_only_delays_the_rows() {
     assert!(oplet.is_running(), "a sink that is down does not stop the host");
     tokio::task::block_in_place(|| pg.start_again());
     let db = pg.client().await;
-    eventually(&oplet, "the 10 rows", || async { (count(&db, "users").await == 10).then_some(()) }).await;
+    oplet.eventually("the 10 rows", WAIT, || async { (count(&db, "users").await == 10).then_some(()) }).await;
     assert!(host.dead_letters().is_empty(), "{:?}", host.dead_letters());
 }
 
@@ -413,8 +395,8 @@ async fn mongodb_writes_become_deleted_keys_mirrored_rows_and_audit_records() {
     users.update_one(doc! {"_id": ada}, doc! {"$set": {"email": "ada@new.io", "profile.name": "Ada L."}}).await.unwrap();
     users.delete_one(doc! {"_id": bob}).await.unwrap();
 
-    eventually(&oplet, "4 audit rows", || async { (count(&db, "oplet_audit").await == 4).then_some(()) }).await;
-    let rows = eventually(&oplet, "Ada updated and Bob gone", || async {
+    oplet.eventually("4 audit rows", WAIT, || async { (count(&db, "oplet_audit").await == 4).then_some(()) }).await;
+    let rows = oplet.eventually("Ada updated and Bob gone", WAIT, || async {
         let rows: Vec<(String, Option<String>, Option<String>)> = db
             .query("SELECT id, email, name FROM users ORDER BY id", &[])
             .await
@@ -428,7 +410,7 @@ async fn mongodb_writes_become_deleted_keys_mirrored_rows_and_audit_records() {
     assert_eq!(rows, vec![(ada.to_hex(), Some("ada@new.io".into()), Some("Ada L.".into()))]);
     let stored: Value = db.query_one("SELECT doc FROM users", &[]).await.unwrap().get(0);
     assert_eq!((stored["email"].clone(), stored["uuid"].clone()), (json!("ada@new.io"), json!("uu-ada")));
-    eventually(&oplet, "the users' keys deleted", || async {
+    oplet.eventually("the users' keys deleted", WAIT, || async {
         let mut c = redis.connection().await;
         let gone = !exists(&mut c, &format!("user:{ada}")).await
             && !exists(&mut c, &format!("user:{bob}")).await

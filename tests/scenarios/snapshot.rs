@@ -7,7 +7,6 @@
 use mongodb::bson::{doc, Document};
 use oplet_tests::{repo_root, Mongo, Oplet, Postgres, TempDir};
 use serde_json::Value;
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -136,21 +135,6 @@ async fn count(pg: &tokio_postgres::Client, table: &str) -> i64 {
     pg.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
 }
 
-async fn eventually<T, F, Fut>(oplet: &Oplet, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "waited {WAIT:?} for {what}; host log:\n{}", oplet.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn signal(oplet: &Oplet, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(oplet.pid() as libc::pid_t, sig) }, 0);
@@ -233,7 +217,7 @@ async fn an_initial_snapshot_mirrors_every_document_and_the_writes_made_while_it
     assert_eq!(read, all, "one run");
     assert!((DOCS as u64 - 100..=DOCS as u64 + 100).contains(&all), "read {all} documents");
     assert!(!oplet.log_lines_containing("snapshot progress: ").is_empty(), "progress is logged");
-    eventually(&oplet, "the checkpoint past the snapshot", || async {
+    oplet.eventually("the checkpoint past the snapshot", WAIT, || async {
         host.checkpoint().filter(|c| c.get("snapshot").is_none() && c.get("token").is_some()).map(|_| ())
     })
     .await;
@@ -261,7 +245,7 @@ async fn a_host_killed_mid_snapshot_resumes_after_the_last_applied_document() {
     let host = Host::new(&mongo, &pg, &db, "snapshot = \"initial\"\nsnapshot_batch = 100");
     let fast_checkpoints = [("OPLET__DELIVERY__CHECKPOINT_INTERVAL_MS", "20")];
     let mut oplet = Oplet::start_with_env(&host.config(), &fast_checkpoints);
-    eventually(&oplet, "a snapshot checkpoint past 200 documents", || async {
+    oplet.eventually("a snapshot checkpoint past 200 documents", WAIT, || async {
         let c = host.checkpoint()?;
         (c["snapshot"]["done"].as_u64()? >= 200).then_some(())
     })
@@ -294,10 +278,10 @@ async fn a_host_killed_mid_snapshot_resumes_after_the_last_applied_document() {
     let snap = &status["sources"][0]["snapshots"][0];
     assert_eq!((snap["done"].as_u64(), snap["estimated"].as_u64()), (Some(DOCS as u64), Some(DOCS as u64)), "{status}");
     let expected: Vec<(i64, String)> = (FIRST as i64..(FIRST + DOCS) as i64).map(|n| (n, format!("u{n}@x.io"))).collect();
-    eventually(&oplet, "every row once", || async { (rows(&sql, "users").await == expected).then_some(()) }).await;
+    oplet.eventually("every row once", WAIT, || async { (rows(&sql, "users").await == expected).then_some(()) }).await;
     // And the stream follows: a change after the snapshot arrives.
     users.update_one(doc! {"_id": FIRST + 1}, doc! {"$set": {"email": "later@x.io"}}).await.unwrap();
-    eventually(&oplet, "the change after the snapshot", || async {
+    oplet.eventually("the change after the snapshot", WAIT, || async {
         let got = sql.query_one(&format!("SELECT email FROM users WHERE id = '{}'", FIRST + 1), &[]).await.unwrap().get::<_, String>(0);
         (got == "later@x.io").then_some(())
     })
@@ -348,7 +332,7 @@ async fn a_backfill_feeds_one_plugin_only_and_a_filter_limits_the_documents() {
 
     // The running host still streams to both plugins.
     users.insert_one(user(50_000, "late@x.io", "idle")).await.unwrap();
-    eventually(&oplet, "the new document in both tables", || async {
+    oplet.eventually("the new document in both tables", WAIT, || async {
         (count(&sql, "users").await == active.len() as i64 + 1 && count(&sql, "users_b").await == 1).then_some(())
     })
     .await;

@@ -208,6 +208,22 @@ impl Oplet {
         }
     }
 
+    /// Polls the async `check` every 50 ms until it returns `Some`, and returns
+    /// that; panics with `what` and the log after `timeout`.
+    pub async fn eventually<T, Fut>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Fut) -> T
+    where
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; host log:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
