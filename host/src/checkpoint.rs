@@ -31,9 +31,9 @@ pub struct Tracker {
 struct TrackerState {
     /// Lowest sequence number not yet done.
     next: u64,
-    done: BTreeMap<u64, Option<Position>>,
+    done: BTreeMap<u64, Option<Arc<Position>>>,
     /// Position of the last event below the watermark that carried one.
-    position: Option<Position>,
+    position: Option<Arc<Position>>,
     /// Bumped each time `position` changes, so the saver knows what it wrote.
     version: u64,
     /// Events completed in total (for stats and tests).
@@ -64,7 +64,7 @@ impl Tracker {
             source: source.to_string(),
             replayable,
             first_seq,
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position, version: 0, completed: 0, saved_next: first_seq, times: std::collections::VecDeque::new(), issued: first_seq - 1 }),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position: position.map(Arc::new), version: 0, completed: 0, saved_next: first_seq, times: std::collections::VecDeque::new(), issued: first_seq - 1 }),
             changed: Notify::new(),
             issued: std::sync::atomic::AtomicU64::new(0),
         })
@@ -79,6 +79,12 @@ impl Tracker {
     /// Like [`Tracker::ticket`], for an event made at `time_ms` at its source (a
     /// MongoDB change's wallTime or clusterTime).
     pub fn ticket_at(self: &Arc<Self>, seq: u64, position: Option<Position>, time_ms: i64) -> Ticket {
+        self.ticket_shared(seq, position.map(Arc::new), time_ms)
+    }
+
+    /// Like [`Tracker::ticket_at`], for a position its source keeps too (shared,
+    /// not copied: the MongoDB source makes one per change).
+    pub fn ticket_shared(self: &Arc<Self>, seq: u64, position: Option<Arc<Position>>, time_ms: i64) -> Ticket {
         self.issued.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.state.lock().expect("tracker lock");
@@ -88,11 +94,20 @@ impl Tracker {
         Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
 
-    fn done(&self, seq: u64, position: Option<Position>) {
+    fn done(&self, seq: u64, position: Option<Arc<Position>>) {
         let mut st = self.state.lock().expect("tracker lock");
         st.completed += 1;
-        st.done.insert(seq, position);
         let mut moved = false;
+        if seq == st.next {
+            // In order (the usual case): the watermark moves past it without the map.
+            if position.is_some() {
+                st.position = position;
+                moved = true;
+            }
+            st.next += 1;
+        } else {
+            st.done.insert(seq, position);
+        }
         loop {
             let next = st.next;
             match st.done.remove(&next) {
@@ -119,7 +134,7 @@ impl Tracker {
     /// The position to resume from, and its version.
     pub fn position(&self) -> (Option<Position>, u64) {
         let st = self.state.lock().expect("tracker lock");
-        (st.position.clone(), st.version)
+        (st.position.as_deref().cloned(), st.version)
     }
 
     /// Lowest sequence number not yet done.
@@ -145,7 +160,7 @@ impl Tracker {
     /// The position to save, its version, and the watermark it covers.
     fn to_save(&self) -> (Option<Position>, u64, u64) {
         let st = self.state.lock().expect("tracker lock");
-        (st.position.clone(), st.version, st.next)
+        (st.position.as_deref().cloned(), st.version, st.next)
     }
 
     fn saved(&self, below: u64) {
@@ -219,7 +234,7 @@ impl Drop for Ticket {
 struct TicketInner {
     tracker: Arc<Tracker>,
     seq: u64,
-    position: Option<Position>,
+    position: Option<Arc<Position>>,
     held: AtomicBool,
 }
 

@@ -21,15 +21,16 @@ pub struct Feed {
     tx: mpsc::Sender<Envelope>,
     next_ticket: u64,
     next_seq: u64,
-    /// The position of the last event sent or mark made: a mark equal to it is skipped.
-    last: Option<Position>,
+    /// The position of the last event sent or mark made: a mark equal to it is
+    /// skipped. Shared with that event's ticket rather than copied.
+    last: Option<Arc<Position>>,
 }
 
 impl Feed {
     /// `saved`: the position the tracker starts from.
     pub fn new(source: &str, label: &str, tracker: Arc<Tracker>, tx: mpsc::Sender<Envelope>, saved: Option<Position>) -> Feed {
         let next_seq = saved.as_ref().and_then(position_seq).unwrap_or(0) + 1;
-        Feed { source: source.into(), label: label.into(), tracker, tx, next_ticket: 1, next_seq, last: saved }
+        Feed { source: source.into(), label: label.into(), tracker, tx, next_ticket: 1, next_seq, last: saved.map(Arc::new) }
     }
 
     pub fn source(&self) -> &str {
@@ -43,7 +44,7 @@ impl Feed {
 
     /// The position of the last event sent or mark made (at first: the saved one).
     pub fn last(&self) -> Option<&Position> {
-        self.last.as_ref()
+        self.last.as_deref()
     }
 
     /// The sequence number the next event will get.
@@ -107,7 +108,8 @@ impl Feed {
     fn ticket(&mut self, mut position: Position, time_ms: i64) -> crate::checkpoint::Ticket {
         with_seq(&mut position, self.next_seq);
         self.next_seq += 1;
-        let ticket = self.tracker.ticket_at(self.next_ticket, Some(position.clone()), time_ms);
+        let position = Arc::new(position);
+        let ticket = self.tracker.ticket_shared(self.next_ticket, Some(position.clone()), time_ms);
         self.next_ticket += 1;
         self.last = Some(position);
         ticket
@@ -117,10 +119,11 @@ impl Feed {
     /// (also for a change that is not sent, such as one filtered out here).
     pub fn mark(&mut self, mut position: Position) {
         with_seq(&mut position, self.next_seq - 1);
-        if self.last.as_ref() == Some(&position) {
+        if self.last.as_deref() == Some(&position) {
             return;
         }
-        drop(self.tracker.ticket(self.next_ticket, Some(position.clone())));
+        let position = Arc::new(position);
+        drop(self.tracker.ticket_shared(self.next_ticket, Some(position.clone()), crate::deadletter::now_ms()));
         self.next_ticket += 1;
         self.last = Some(position);
     }

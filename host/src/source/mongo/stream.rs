@@ -99,8 +99,12 @@ pub async fn run(
         // before the first change resumes here instead of at a later "now".
         mark_resume_token(&stream, feed);
 
+        let mut pending: Vec<(crate::envelope::Event, Position)> = Vec::with_capacity(HANDOFF_BATCH);
         loop {
             if !stream.is_alive() {
+                if !feed.send_batch(&mut pending).await {
+                    return Ok(Ended::Stopped);
+                }
                 // The server closed the cursor (after an invalidate: a drop or rename).
                 // Reopen after its last token, the closing batch's postBatchResumeToken.
                 let before = feed.last().cloned();
@@ -115,15 +119,49 @@ pub async fn run(
                 break;
             }
             let asked = Instant::now();
-            let next = tokio::select! {
-                r = stream.next_if_any() => r,
-                _ = stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
+            // A change already in the driver's batch is ready at the first poll: it
+            // joins `pending`, and the batch is handed on when the next read would
+            // wait for the server (or is full), so the router is woken once per
+            // batch rather than once per change. A change read alone goes at once.
+            let next = {
+                let read = stream.next_if_any();
+                tokio::pin!(read);
+                let first = std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))).await;
+                match first {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => {
+                        if !pending.is_empty() && !feed.send_batch(&mut pending).await {
+                            return Ok(Ended::Stopped);
+                        }
+                        tokio::select! {
+                            r = read => r,
+                            _ = stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
+                        }
+                    }
+                }
             };
+            if !matches!(next, Ok(Some(_))) && !pending.is_empty() && !feed.send_batch(&mut pending).await {
+                return Ok(Ended::Stopped);
+            }
             match next {
                 Ok(Some(raw)) => {
                     backoff.reset();
                     idle.reset();
-                    if !deliver(shared, feed, &mut conv, &raw).await {
+                    match conv.convert(&raw) {
+                        Ok(ready) => {
+                            pending.push(ready);
+                            if pending.len() >= HANDOFF_BATCH && !feed.send_batch(&mut pending).await {
+                                return Ok(Ended::Stopped);
+                            }
+                        }
+                        Err(bad) => {
+                            // In order: what was read before it goes first.
+                            if !feed.send_batch(&mut pending).await || !dead_letter(shared, feed, &raw, bad).await {
+                                return Ok(Ended::Stopped);
+                            }
+                        }
+                    }
+                    if *stop.borrow() {
                         return Ok(Ended::Stopped);
                     }
                 }
@@ -199,39 +237,37 @@ async fn open(shared: &Shared, target: &Target, token: Option<ResumeToken>) -> m
     Ok(stream.with_type::<RawDocumentBuf>())
 }
 
-/// Converts and sends one change; an unreadable one is dead-lettered and passed.
-/// False when the router has stopped.
-async fn deliver(shared: &Shared, feed: &mut Feed, conv: &mut Converter, raw: &RawDocumentBuf) -> bool {
-    match conv.convert(raw) {
-        Ok((event, position)) => feed.send(event, position).await,
-        Err(bad) => {
-            tracing::error!(
-                source = %feed.source(), stream = %feed.label(), event = bad.id.as_deref().unwrap_or("?"),
-                "unreadable change event: {}; dead-lettered and skipped", bad.error
-            );
-            let placeholder = crate::envelope::Event::placeholder(&Event {
-                seq: feed.next_seq(),
-                id: bad.id.unwrap_or_default(),
-                source: feed.source().to_string(),
-                time_ms: crate::deadletter::now_ms(),
-                body: EventBody::Change(Change {
-                    op: OperationType::Other("unreadable".into()),
-                    full_document: Some(Value::String(format!("{raw:?}"))),
-                    ..Default::default()
-                }),
-            });
-            let stage = format!("source:{}", feed.source());
-            if !shared.dead.record_retrying_async(stage, placeholder, bad.error).await {
-                return false; // the host is stopping: the event is not passed
-            }
-            // Without a position (no readable token) there is nothing to pass it with;
-            // the driver needs that token too, so a real server never sends one.
-            if let Some(p) = bad.position {
-                feed.mark(p);
-            }
-            true
-        }
+/// Most changes converted and held before they are handed to the router together.
+const HANDOFF_BATCH: usize = 256;
+
+/// Dead-letters a change that cannot be read, and passes it.
+/// False when the host is stopping.
+async fn dead_letter(shared: &Shared, feed: &mut Feed, raw: &RawDocumentBuf, bad: super::convert::Unreadable) -> bool {
+    tracing::error!(
+        source = %feed.source(), stream = %feed.label(), event = bad.id.as_deref().unwrap_or("?"),
+        "unreadable change event: {}; dead-lettered and skipped", bad.error
+    );
+    let placeholder = crate::envelope::Event::placeholder(&Event {
+        seq: feed.next_seq(),
+        id: bad.id.unwrap_or_default(),
+        source: feed.source().to_string(),
+        time_ms: crate::deadletter::now_ms(),
+        body: EventBody::Change(Change {
+            op: OperationType::Other("unreadable".into()),
+            full_document: Some(Value::String(format!("{raw:?}"))),
+            ..Default::default()
+        }),
+    });
+    let stage = format!("source:{}", feed.source());
+    if !shared.dead.record_retrying_async(stage, placeholder, bad.error).await {
+        return false; // the host is stopping: the event is not passed
     }
+    // Without a position (no readable token) there is nothing to pass it with;
+    // the driver needs that token too, so a real server never sends one.
+    if let Some(p) = bad.position {
+        feed.mark(p);
+    }
+    true
 }
 
 /// What `on_history_lost` says to do: start the next stream from now (`Ok(true)`)
