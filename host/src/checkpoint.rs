@@ -16,6 +16,44 @@ use tokio::sync::{watch, Notify};
 /// A source's opaque position: a resume token, a line number.
 pub type Position = serde_json::Value;
 
+/// A position as a ticket carries it: JSON, or, for a MongoDB change (one per
+/// event), only its resume token's `_data` text and the seq, made JSON when it is
+/// read or saved. Cheap to clone: the source keeps its last one too.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mark {
+    Json(Arc<Position>),
+    Token { data: Arc<str>, seq: u64 },
+}
+
+impl Mark {
+    /// The position as it is saved: `{"token": {"_data": ...}, "seq": N}` for a token.
+    pub fn to_json(&self) -> Position {
+        match self {
+            Mark::Json(p) => (**p).clone(),
+            Mark::Token { data, seq } => serde_json::json!({ "token": { "_data": &**data }, "seq": seq }),
+        }
+    }
+
+    /// Records `seq`, the seq of the last event at or before this position.
+    pub fn with_seq(self, seq: u64) -> Mark {
+        match self {
+            Mark::Json(mut p) => {
+                if let Some(map) = Arc::make_mut(&mut p).as_object_mut() {
+                    map.insert("seq".into(), seq.into());
+                }
+                Mark::Json(p)
+            }
+            Mark::Token { data, .. } => Mark::Token { data, seq },
+        }
+    }
+}
+
+impl From<Position> for Mark {
+    fn from(p: Position) -> Mark {
+        Mark::Json(Arc::new(p))
+    }
+}
+
 pub struct Tracker {
     source: String,
     /// False for sources whose events are never replayed (Socket.IO clients).
@@ -31,9 +69,9 @@ pub struct Tracker {
 struct TrackerState {
     /// Lowest sequence number not yet done.
     next: u64,
-    done: BTreeMap<u64, Option<Arc<Position>>>,
+    done: BTreeMap<u64, Option<Mark>>,
     /// Position of the last event below the watermark that carried one.
-    position: Option<Arc<Position>>,
+    position: Option<Mark>,
     /// Bumped each time `position` changes, so the saver knows what it wrote.
     version: u64,
     /// Events completed in total (for stats and tests).
@@ -64,7 +102,7 @@ impl Tracker {
             source: source.to_string(),
             replayable,
             first_seq,
-            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position: position.map(Arc::new), version: 0, completed: 0, saved_next: first_seq, times: std::collections::VecDeque::new(), issued: first_seq - 1 }),
+            state: Mutex::new(TrackerState { next: first_seq, done: BTreeMap::new(), position: position.map(Mark::from), version: 0, completed: 0, saved_next: first_seq, times: std::collections::VecDeque::new(), issued: first_seq - 1 }),
             changed: Notify::new(),
             issued: std::sync::atomic::AtomicU64::new(0),
         })
@@ -79,12 +117,12 @@ impl Tracker {
     /// Like [`Tracker::ticket`], for an event made at `time_ms` at its source (a
     /// MongoDB change's wallTime or clusterTime).
     pub fn ticket_at(self: &Arc<Self>, seq: u64, position: Option<Position>, time_ms: i64) -> Ticket {
-        self.ticket_shared(seq, position.map(Arc::new), time_ms)
+        self.ticket_marked(seq, position.map(Mark::from), time_ms)
     }
 
-    /// Like [`Tracker::ticket_at`], for a position its source keeps too (shared,
-    /// not copied: the MongoDB source makes one per change).
-    pub fn ticket_shared(self: &Arc<Self>, seq: u64, position: Option<Arc<Position>>, time_ms: i64) -> Ticket {
+    /// Like [`Tracker::ticket_at`], with the position as a `Mark` (the MongoDB
+    /// source makes one per change, and keeps a clone).
+    pub fn ticket_marked(self: &Arc<Self>, seq: u64, position: Option<Mark>, time_ms: i64) -> Ticket {
         self.issued.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.state.lock().expect("tracker lock");
@@ -94,7 +132,7 @@ impl Tracker {
         Ticket(Arc::new(TicketInner { tracker: self.clone(), seq, position, held: AtomicBool::new(false) }))
     }
 
-    fn done(&self, seq: u64, position: Option<Arc<Position>>) {
+    fn done(&self, seq: u64, position: Option<Mark>) {
         let mut st = self.state.lock().expect("tracker lock");
         st.completed += 1;
         let mut moved = false;
@@ -134,7 +172,7 @@ impl Tracker {
     /// The position to resume from, and its version.
     pub fn position(&self) -> (Option<Position>, u64) {
         let st = self.state.lock().expect("tracker lock");
-        (st.position.as_deref().cloned(), st.version)
+        (st.position.as_ref().map(Mark::to_json), st.version)
     }
 
     /// Lowest sequence number not yet done.
@@ -160,7 +198,7 @@ impl Tracker {
     /// The position to save, its version, and the watermark it covers.
     fn to_save(&self) -> (Option<Position>, u64, u64) {
         let st = self.state.lock().expect("tracker lock");
-        (st.position.as_deref().cloned(), st.version, st.next)
+        (st.position.as_ref().map(Mark::to_json), st.version, st.next)
     }
 
     fn saved(&self, below: u64) {
@@ -234,7 +272,7 @@ impl Drop for Ticket {
 struct TicketInner {
     tracker: Arc<Tracker>,
     seq: u64,
-    position: Option<Arc<Position>>,
+    position: Option<Mark>,
     held: AtomicBool,
 }
 

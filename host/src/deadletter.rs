@@ -138,7 +138,7 @@ fn line(stage: &str, event: &Event, error: &str) -> String {
     let mut text = serde_json::json!({
         "time_ms": now_ms(),
         "stage": stage,
-        "source": event.source,
+        "source": &*event.source,
         "seq": event.seq,
         "event_id": event.id,
         "error": error,

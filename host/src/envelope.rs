@@ -19,8 +19,8 @@ pub struct Event {
     pub seq: u64,
     /// Stable identity (a resume token, a file position), as in the bytes.
     pub id: String,
-    /// The source's name in the host config.
-    pub source: String,
+    /// The source's name in the host config (shared by its events).
+    pub source: Arc<str>,
     pub time_ms: i64,
     /// What subscriptions are matched on.
     pub kind: Kind,
@@ -33,7 +33,8 @@ pub struct Event {
 /// What the router filters on, read from the event when it was encoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
-    Change { op: OperationType, db: String, coll: String },
+    /// `db`, `coll`: shared by a stream's events rather than copied per event.
+    Change { op: OperationType, db: Arc<str>, coll: Arc<str> },
     Socket { event: String },
     /// A kind a subscription cannot name (never produced by this host's sources).
     Other,
@@ -53,11 +54,11 @@ impl Event {
     pub fn encode(event: &oplet_sdk::Event) -> Result<Event, String> {
         let bytes = codec::encode(event).map_err(|e| format!("cannot encode event {} (seq {}): {e}", event.id, event.seq))?;
         let kind = match &event.body {
-            EventBody::Change(c) => Kind::Change { op: c.op.clone(), db: c.db.clone(), coll: c.coll.clone() },
+            EventBody::Change(c) => Kind::Change { op: c.op.clone(), db: c.db.as_str().into(), coll: c.coll.as_str().into() },
             EventBody::Socket(s) => Kind::Socket { event: s.event.clone() },
             _ => Kind::Other,
         };
-        Ok(Event { seq: event.seq, id: event.id.clone(), source: event.source.clone(), time_ms: event.time_ms, kind, bytes })
+        Ok(Event { seq: event.seq, id: event.id.clone(), source: event.source.as_str().into(), time_ms: event.time_ms, kind, bytes })
     }
 
     /// A stand-in for an event that could not be read, made only to be dead-lettered:
@@ -66,7 +67,7 @@ impl Event {
         Event::encode(event).unwrap_or_else(|_| Event {
             seq: event.seq,
             id: event.id.clone(),
-            source: event.source.clone(),
+            source: event.source.as_str().into(),
             time_ms: event.time_ms,
             kind: Kind::Other,
             bytes: Vec::new(),
@@ -75,7 +76,7 @@ impl Event {
 
     /// An event whose bytes were written elsewhere (the MongoDB transcoder); the
     /// header must say what the bytes say.
-    pub fn from_parts(seq: u64, id: String, source: String, time_ms: i64, kind: Kind, bytes: Vec<u8>) -> Event {
+    pub fn from_parts(seq: u64, id: String, source: Arc<str>, time_ms: i64, kind: Kind, bytes: Vec<u8>) -> Event {
         Event { seq, id, source, time_ms, kind, bytes }
     }
 
@@ -129,7 +130,7 @@ mod tests {
     fn an_sdk_event_is_encoded_once_with_its_header() {
         let owned = change();
         let e = Event::encode(&owned).unwrap();
-        assert_eq!((e.seq, e.id.as_str(), e.source.as_str(), e.time_ms), (3, "e3", "events", 7));
+        assert_eq!((e.seq, e.id.as_str(), &*e.source, e.time_ms), (3, "e3", "events", 7));
         assert_eq!(e.kind, Kind::Change { op: OperationType::Insert, db: "app".into(), coll: "orders".into() });
         assert_eq!(e.bytes(), codec::encode(&owned).unwrap().as_slice(), "the SDK's exact bytes");
         assert_eq!(e.decode().unwrap(), owned);

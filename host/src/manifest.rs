@@ -168,7 +168,7 @@ impl Manifest {
 
 impl Subscription {
     pub fn matches(&self, event: &Event) -> bool {
-        if !self.sources.is_empty() && !self.sources.iter().any(|s| s == &event.source) {
+        if !self.sources.is_empty() && !self.sources.iter().any(|s| **s == *event.source) {
             return false;
         }
         // The header only: the event's bytes are never read to route it.

@@ -681,7 +681,7 @@ async fn watch_target(
                 snapshot::Ended::Stopped => return Ok(()),
                 snapshot::Ended::Done(holder) => {
                     snapshot::hold(holder, stop.clone());
-                    saved = feed.last().cloned();
+                    saved = feed.last();
                 }
                 snapshot::Ended::NotNeeded | snapshot::Ended::Unsupported => {}
             }

@@ -230,7 +230,7 @@ impl PostgresHandle {
         let values: Map = [
             ("key", Value::String(key)),
             ("plugin", plugin.into()),
-            ("source", event.source.as_str().into()),
+            ("source", (&*event.source).into()),
             ("seq", Value::Int(event.seq as i64)),
             ("event_id", event.id.as_str().into()),
             ("time_ms", Value::Int(event.time_ms)),

@@ -11,19 +11,22 @@
 use super::checkpoints::token_position;
 use super::transcode::{self, ChangeHeader, Oddity, Parts};
 use super::Target;
-use crate::checkpoint::Position;
+use crate::checkpoint::Mark;
 use crate::envelope::{Event, Kind};
 use mongodb::bson::raw::{RawBsonRef, RawDocument};
 use mongodb::bson::Bson;
 use oplet_sdk::OperationType;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 pub struct Converter {
-    source: String,
+    source: std::sync::Arc<str>,
     label: String,
     /// The namespace to use when an event has none (a collection target's).
     fallback: (String, String),
     seen: HashSet<&'static str>,
+    /// The last namespace read, shared by the events that follow while it holds.
+    last_ns: (Arc<str>, Arc<str>),
 }
 
 impl Converter {
@@ -33,12 +36,12 @@ impl Converter {
             Target::Database(db) => (db.clone(), String::new()),
             Target::Deployment => (String::new(), String::new()),
         };
-        Converter { source: source.into(), label: target.label(), fallback, seen: HashSet::new() }
+        Converter { source: source.into(), label: target.label(), fallback, seen: HashSet::new(), last_ns: ("".into(), "".into()) }
     }
 
     /// The event for `raw` (its `seq` is set when it is sent) and the position after
     /// it; or, for an event that cannot be read, what is known of it.
-    pub fn convert(&mut self, raw: &RawDocument) -> Result<(Event, Position), Unreadable> {
+    pub fn convert(&mut self, raw: &RawDocument) -> Result<(Event, Mark), Unreadable> {
         let mut fields = Fields::default();
         let mut failure = None;
         for element in raw {
@@ -65,17 +68,28 @@ impl Converter {
         }
     }
 
-    fn namespace(&self, ns: Option<RawBsonRef<'_>>) -> (String, String) {
+    fn namespace(&mut self, ns: Option<RawBsonRef<'_>>) -> (Arc<str>, Arc<str>) {
         let ns = match ns {
             Some(RawBsonRef::Document(d)) => Some(d),
             _ => None,
         };
-        let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or(&self.fallback.0).to_string();
-        let coll = ns.and_then(|n| n.get_str("coll").ok()).unwrap_or(&self.fallback.1).to_string();
-        (db, coll)
+        // One pass over `ns` for both names.
+        let (mut db, mut coll) = (None, None);
+        for (key, value) in ns.into_iter().flatten().flatten() {
+            match (key, value) {
+                ("db", RawBsonRef::String(s)) if db.is_none() => db = Some(s),
+                ("coll", RawBsonRef::String(s)) if coll.is_none() => coll = Some(s),
+                _ => {}
+            }
+        }
+        let (db, coll) = (db.unwrap_or(&self.fallback.0), coll.unwrap_or(&self.fallback.1));
+        if *self.last_ns.0 != *db || *self.last_ns.1 != *coll {
+            self.last_ns = (db.into(), coll.into());
+        }
+        self.last_ns.clone()
     }
 
-    fn event(&mut self, f: Fields<'_>, db: String, coll: String, id: String) -> Result<Event, String> {
+    fn event(&mut self, f: Fields<'_>, db: Arc<str>, coll: Arc<str>, id: String) -> Result<Event, String> {
         let op = match f.op {
             Some(RawBsonRef::String(s)) => OperationType::parse(s),
             _ => {
@@ -148,7 +162,7 @@ impl Converter {
 #[derive(Debug)]
 pub struct Unreadable {
     pub id: Option<String>,
-    pub position: Option<Position>,
+    pub position: Option<Mark>,
     pub error: String,
 }
 
@@ -186,15 +200,15 @@ impl<'a> Fields<'a> {
 
 /// The event's stable id (`db.coll:` and the token's `_data`) and the position
 /// after it, from its `_id` (the resume token).
-fn token(db: &str, coll: &str, token: RawBsonRef<'_>) -> Result<(String, Position), String> {
+fn token(db: &str, coll: &str, token: RawBsonRef<'_>) -> Result<(String, Mark), String> {
     if let RawBsonRef::Document(d) = token {
         if let Ok(data) = d.get_str("_data") {
-            return Ok((format!("{db}.{coll}:{data}"), serde_json::json!({ "token": { "_data": data } })));
+            return Ok((format!("{db}.{coll}:{data}"), Mark::Token { data: data.into(), seq: 0 }));
         }
     }
     let bson = Bson::try_from(token).map_err(|e| format!("unreadable resume token: {e}"))?;
     let position = token_position(bson);
-    Ok((format!("{db}.{coll}:{}", position["token"]), position))
+    Ok((format!("{db}.{coll}:{}", position["token"]), position.into()))
 }
 
 #[cfg(test)]
@@ -214,9 +228,9 @@ mod tests {
 
     fn decoded(e: &Event) -> oplet_sdk::Event {
         let owned = e.decode().unwrap();
-        assert_eq!((owned.seq, &owned.id, &owned.source, owned.time_ms), (e.seq, &e.id, &e.source, e.time_ms));
+        assert_eq!((owned.seq, &owned.id, owned.source.as_str(), owned.time_ms), (e.seq, &e.id, &*e.source, e.time_ms));
         let EventBody::Change(c) = &owned.body else { panic!("a change") };
-        assert_eq!(e.kind, Kind::Change { op: c.op.clone(), db: c.db.clone(), coll: c.coll.clone() }, "header and bytes agree");
+        assert_eq!(e.kind, Kind::Change { op: c.op.clone(), db: c.db.as_str().into(), coll: c.coll.as_str().into() }, "header and bytes agree");
         owned
     }
 
@@ -244,7 +258,7 @@ mod tests {
         let (e, position) = c.convert(&raw).unwrap();
         let e = decoded(&e);
         assert_eq!(e.id, "app.items:8263A1");
-        assert_eq!(position, serde_json::json!({"token": {"_data": "8263A1"}}));
+        assert_eq!(position.with_seq(7).to_json(), serde_json::json!({"token": {"_data": "8263A1"}, "seq": 7}));
         assert_eq!((e.source.as_str(), e.time_ms), ("mongo", 1_700_000_000_250), "wallTime wins: ms precision");
         let ch = change(&e);
         assert_eq!(ch.op, OperationType::Update);
@@ -317,7 +331,7 @@ mod tests {
         let mut c = Converter::new("mongo", &Target::Deployment);
         let (e, position) = c.convert(&raw).unwrap();
         let e = decoded(&e);
-        assert_eq!(position, serde_json::json!({"token": {"ts": {"$numberLong": "5"}, "n": {"$numberInt": "1"}}}));
+        assert_eq!(position.to_json(), serde_json::json!({"token": {"ts": {"$numberLong": "5"}, "n": {"$numberInt": "1"}}}));
         assert!(e.id.starts_with("d.c:{"), "{}", e.id);
         let no_token = c.convert(&rawdoc! { "operationType": "insert" }).unwrap_err();
         assert!(no_token.error.contains("no _id") && no_token.position.is_none());
@@ -333,7 +347,7 @@ mod tests {
         let broken = RawDocument::from_bytes(&bytes).unwrap();
         let err = Converter::new("mongo", &target()).convert(broken).unwrap_err();
         assert_eq!(err.id.as_deref(), Some("app.items:t9"));
-        assert_eq!(err.position, Some(serde_json::json!({"token": {"_data": "t9"}})));
+        assert_eq!(err.position.map(|p| p.with_seq(0).to_json()), Some(serde_json::json!({"token": {"_data": "t9"}, "seq": 0})));
         assert!(err.error.contains("fullDocument"), "{}", err.error);
     }
 }

@@ -9,7 +9,7 @@
 //! a ticket too: it is done at once, so the checkpoint reaches it as soon as every
 //! event before it is done, and a quiet collection's saved token keeps moving.
 
-use crate::checkpoint::{Position, Tracker};
+use crate::checkpoint::{Mark, Position, Tracker};
 use crate::envelope::{Envelope, Event};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -23,14 +23,14 @@ pub struct Feed {
     next_seq: u64,
     /// The position of the last event sent or mark made: a mark equal to it is
     /// skipped. Shared with that event's ticket rather than copied.
-    last: Option<Arc<Position>>,
+    last: Option<Mark>,
 }
 
 impl Feed {
     /// `saved`: the position the tracker starts from.
     pub fn new(source: &str, label: &str, tracker: Arc<Tracker>, tx: mpsc::Sender<Envelope>, saved: Option<Position>) -> Feed {
         let next_seq = saved.as_ref().and_then(position_seq).unwrap_or(0) + 1;
-        Feed { source: source.into(), label: label.into(), tracker, tx, next_ticket: 1, next_seq, last: saved.map(Arc::new) }
+        Feed { source: source.into(), label: label.into(), tracker, tx, next_ticket: 1, next_seq, last: saved.map(Mark::from) }
     }
 
     pub fn source(&self) -> &str {
@@ -43,8 +43,13 @@ impl Feed {
     }
 
     /// The position of the last event sent or mark made (at first: the saved one).
-    pub fn last(&self) -> Option<&Position> {
-        self.last.as_deref()
+    pub fn last(&self) -> Option<Position> {
+        self.last.as_ref().map(Mark::to_json)
+    }
+
+    /// Whether an event was sent or a mark made (or a position was saved before).
+    pub fn has_last(&self) -> bool {
+        self.last.is_some()
     }
 
     /// The sequence number the next event will get.
@@ -55,12 +60,12 @@ impl Feed {
     /// Sends `event` (its `seq` is set here, in its bytes too); once it and every
     /// earlier event are done, the checkpoint may move to `position`. Waits while
     /// the router is full. False when the router has stopped.
-    pub async fn send(&mut self, mut event: Event, position: Position) -> bool {
+    pub async fn send(&mut self, mut event: Event, position: impl Into<Mark>) -> bool {
         if let Err(e) = event.set_seq(self.next_seq) {
             // Only for bytes this host did not write: the header still has the seq.
             tracing::error!(source = %self.source, stream = %self.label, seq = self.next_seq, "{e}; the event is sent with its old seq in its bytes");
         }
-        let ticket = self.ticket(position, event.time_ms);
+        let ticket = self.ticket(position.into(), event.time_ms);
         match self.tx.send(Envelope { event: Arc::new(event), ticket }).await {
             Ok(()) => true,
             Err(undelivered) => {
@@ -76,7 +81,7 @@ impl Feed {
     /// room for many events at once, so the router's dispatcher is woken once per
     /// batch rather than once per event (the initial snapshot's bulk reads). Empties
     /// `batch`. False when the router has stopped.
-    pub async fn send_batch(&mut self, batch: &mut Vec<(Event, Position)>) -> bool {
+    pub async fn send_batch<P: Into<Mark>>(&mut self, batch: &mut Vec<(Event, P)>) -> bool {
         // A handle of its own: the permits borrow it while `self` numbers events.
         let tx = self.tx.clone();
         let room = tx.max_capacity().max(1);
@@ -89,7 +94,7 @@ impl Feed {
             let Ok(permits) = tx.reserve_many(n).await else {
                 // As in `send`: the events never taken hold the checkpoint.
                 for (_, position) in events.by_ref() {
-                    std::mem::forget(self.ticket(position, crate::deadletter::now_ms()));
+                    std::mem::forget(self.ticket(position.into(), crate::deadletter::now_ms()));
                 }
                 return false;
             };
@@ -97,7 +102,7 @@ impl Feed {
                 if let Err(e) = event.set_seq(self.next_seq) {
                     tracing::error!(source = %self.source, stream = %self.label, seq = self.next_seq, "{e}; the event is sent with its old seq in its bytes");
                 }
-                let ticket = self.ticket(position, event.time_ms);
+                let ticket = self.ticket(position.into(), event.time_ms);
                 permit.send(Envelope { event: Arc::new(event), ticket });
             }
         }
@@ -105,11 +110,10 @@ impl Feed {
 
     /// The ticket of the next event, at `position` (its seq recorded there).
     /// The ticket of the next event, made at `time_ms` at its source (for the lag).
-    fn ticket(&mut self, mut position: Position, time_ms: i64) -> crate::checkpoint::Ticket {
-        with_seq(&mut position, self.next_seq);
+    fn ticket(&mut self, position: Mark, time_ms: i64) -> crate::checkpoint::Ticket {
+        let position = position.with_seq(self.next_seq);
         self.next_seq += 1;
-        let position = Arc::new(position);
-        let ticket = self.tracker.ticket_shared(self.next_ticket, Some(position.clone()), time_ms);
+        let ticket = self.tracker.ticket_marked(self.next_ticket, Some(position.clone()), time_ms);
         self.next_ticket += 1;
         self.last = Some(position);
         ticket
@@ -117,22 +121,14 @@ impl Feed {
 
     /// Lets the checkpoint move to `position` once everything sent before is done
     /// (also for a change that is not sent, such as one filtered out here).
-    pub fn mark(&mut self, mut position: Position) {
-        with_seq(&mut position, self.next_seq - 1);
-        if self.last.as_deref() == Some(&position) {
+    pub fn mark(&mut self, position: impl Into<Mark>) {
+        let position = position.into().with_seq(self.next_seq - 1);
+        if self.last.as_ref().map(Mark::to_json) == Some(position.to_json()) {
             return;
         }
-        let position = Arc::new(position);
-        drop(self.tracker.ticket_shared(self.next_ticket, Some(position.clone()), crate::deadletter::now_ms()));
+        drop(self.tracker.ticket_marked(self.next_ticket, Some(position.clone()), crate::deadletter::now_ms()));
         self.next_ticket += 1;
         self.last = Some(position);
-    }
-}
-
-/// Records in `position` the seq of the last event at or before it.
-fn with_seq(position: &mut Position, seq: u64) {
-    if let Some(map) = position.as_object_mut() {
-        map.insert("seq".into(), seq.into());
     }
 }
 

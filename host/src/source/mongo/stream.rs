@@ -45,7 +45,7 @@ pub async fn run(
     let mut from_now = false;
     loop {
         // Resume after the last change read (or mark made): the feed knows it.
-        let token = if from_now { None } else { feed.last().and_then(position_token) };
+        let token = if from_now { None } else { feed.last().as_ref().and_then(position_token) };
         let opened = tokio::select! {
             r = open(shared, target, token.clone()) => r,
             _ = stop.wait_for(|s| *s) => return Ok(Ended::Stopped),
@@ -83,10 +83,10 @@ pub async fn run(
                 "the saved position {p} is not a change-stream resume token (was this collection polled before?); changes since it are not replayed"
             );
         }
-        let from = match (&token, feed.last()) {
+        let from = match (&token, feed.has_last()) {
             (Some(_), _) => "resuming after the last change read",
-            (None, Some(_)) => "starting from now",
-            (None, None) => "starting from now (no checkpoint yet)",
+            (None, true) => "starting from now",
+            (None, false) => "starting from now (no checkpoint yet)",
         };
         match down_since.take() {
             Some(since) => tracing::info!(
@@ -99,7 +99,7 @@ pub async fn run(
         // before the first change resumes here instead of at a later "now".
         mark_resume_token(&stream, feed);
 
-        let mut pending: Vec<(crate::envelope::Event, Position)> = Vec::with_capacity(HANDOFF_BATCH);
+        let mut pending: Vec<(crate::envelope::Event, crate::checkpoint::Mark)> = Vec::with_capacity(HANDOFF_BATCH);
         loop {
             if !stream.is_alive() {
                 if !feed.send_batch(&mut pending).await {
@@ -107,10 +107,10 @@ pub async fn run(
                 }
                 // The server closed the cursor (after an invalidate: a drop or rename).
                 // Reopen after its last token, the closing batch's postBatchResumeToken.
-                let before = feed.last().cloned();
+                let before = feed.last();
                 mark_resume_token(&stream, feed);
                 tracing::info!(source = %feed.source(), stream = %feed.label(), "the server closed the change stream; reopening after its last token");
-                if feed.last() == before.as_ref() {
+                if feed.last() == before {
                     // Closed again at the same place: not a loop to run at full speed.
                     if !retry::sleep_unless_stopped(backoff.next_delay(), stop).await {
                         return Ok(Ended::Stopped);

@@ -14,6 +14,14 @@ use rmp::encode as mp;
 /// Where a map or array header was reserved, to be patched with its length.
 struct Open(usize);
 
+/// What `document_with_id` did with a document's top-level `_id`.
+struct WrittenId {
+    /// It was replaced by (or, missing, given) the caller's.
+    replaced: bool,
+    /// Where the first `_id` written sits in the buffer, if the document has one.
+    at: Option<std::ops::Range<usize>>,
+}
+
 /// The MessagePack of one event being written.
 pub struct Writer {
     buf: Vec<u8>,
@@ -24,8 +32,8 @@ pub struct Writer {
 pub struct ChangeHeader {
     pub id: String,
     pub op: OperationType,
-    pub db: String,
-    pub coll: String,
+    pub db: std::sync::Arc<str>,
+    pub coll: std::sync::Arc<str>,
     pub time_ms: i64,
 }
 
@@ -79,39 +87,41 @@ impl Writer {
 
     /// A whole document as a map, in document order.
     pub fn document(&mut self, doc: &RawDocument) -> Result<(), String> {
-        self.document_with_id(doc, None)
+        self.document_with_id(doc, None).map(|_| ())
     }
 
     /// A document; with `id`, its top-level `_id` is written as `id` (already
     /// transcoded) whenever it differs or is missing, as the converter does.
-    fn document_with_id(&mut self, doc: &RawDocument, id: Option<&[u8]>) -> Result<(), String> {
+    /// Says whether it did, and where the `_id` written sits in the buffer.
+    fn document_with_id(&mut self, doc: &RawDocument, id: Option<&[u8]>) -> Result<WrittenId, String> {
         let open = self.open(0xdf);
         let mut n: u32 = 0;
-        let mut id_seen = false;
+        let mut written = WrittenId { replaced: false, at: None };
         for element in doc {
             let (key, value) = element.map_err(|e| e.to_string())?;
             self.str(key);
-            match id {
-                Some(id) if key == "_id" => {
-                    id_seen = true;
-                    let at = self.buf.len();
-                    self.value(value)?;
+            let at = self.buf.len();
+            self.value(value)?;
+            if key == "_id" && written.at.is_none() {
+                if let Some(id) = id {
                     if &self.buf[at..] != id {
                         self.buf.truncate(at);
                         self.buf.extend_from_slice(id);
+                        written.replaced = true;
                     }
                 }
-                _ => self.value(value)?,
+                written.at = Some(at..self.buf.len());
             }
             n += 1;
         }
-        if let (Some(id), false) = (id, id_seen) {
+        if let (Some(id), None) = (id, &written.at) {
             self.str("_id");
             self.buf.extend_from_slice(id);
+            written.replaced = true;
             n += 1;
         }
         self.close(open, n);
-        Ok(())
+        Ok(written)
     }
 
     fn array(&mut self, arr: &RawArray) -> Result<(), String> {
@@ -259,27 +269,37 @@ pub fn change_event(
 
     // documentKey, kept aside: fullDocument._id is taken from it.
     w.str("key");
-    match parts.key {
-        Some(v) => w.value(v).map_err(|e| format!("field documentKey: {e}"))?,
-        None => w.nil(),
-    }
     let key_id = match parts.key {
-        Some(RawBsonRef::Document(d)) => match d.get("_id") {
-            Ok(Some(id)) => {
-                let mut idw = Writer::with_capacity(32);
-                idw.value(id).map_err(|e| format!("field documentKey: {e}"))?;
-                Some(idw.buf)
-            }
-            _ => None,
-        },
-        _ => None,
+        Some(RawBsonRef::Document(d)) => w.document_with_id(d, None).map_err(|e| format!("field documentKey: {e}"))?.at,
+        Some(v) => {
+            w.value(v).map_err(|e| format!("field documentKey: {e}"))?;
+            None
+        }
+        None => {
+            w.nil();
+            None
+        }
+    };
+    // A copy (the buffer grows below); ids are small, so usually on the stack.
+    let mut small = [0u8; 64];
+    let spilled: Vec<u8>;
+    let key_id: Option<&[u8]> = match key_id {
+        Some(r) if r.len() <= small.len() => {
+            small[..r.len()].copy_from_slice(&w.buf[r.clone()]);
+            Some(&small[..r.len()])
+        }
+        Some(r) => {
+            spilled = w.buf[r].to_vec();
+            Some(&spilled)
+        }
+        None => None,
     };
 
     w.str("full_document");
     match parts.full {
         Some(RawBsonRef::Document(d)) => {
-            w.document_with_id(d, key_id.as_deref()).map_err(|e| format!("field fullDocument: {e}"))?;
-            if id_was_replaced(d, key_id.as_deref()) {
+            let written = w.document_with_id(d, key_id).map_err(|e| format!("field fullDocument: {e}"))?;
+            if written.replaced {
                 odd(Oddity::FullDocumentIdDiffers);
             }
         }
@@ -334,18 +354,6 @@ pub fn change_event(
         Some(v) => w.value(v).map_err(|e| format!("field fullDocumentBeforeChange: {e}"))?,
     }
     Ok(w.into_bytes())
-}
-
-/// Whether `document_with_id` put documentKey's `_id` in place of the document's own.
-fn id_was_replaced(doc: &RawDocument, key_id: Option<&[u8]>) -> bool {
-    let Some(key_id) = key_id else { return false };
-    match doc.get("_id") {
-        Ok(Some(own)) => {
-            let mut w = Writer::with_capacity(32);
-            w.value(own).is_err() || w.buf != key_id
-        }
-        _ => true,
-    }
 }
 
 fn raw_len(v: RawBsonRef<'_>) -> usize {
