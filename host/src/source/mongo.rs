@@ -10,6 +10,7 @@
 mod checkpoints;
 mod connection;
 mod convert;
+mod elements;
 mod feed;
 mod poll;
 mod retry;

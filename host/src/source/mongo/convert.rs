@@ -9,6 +9,7 @@
 //! straight into MessagePack, with no `Value` tree.
 
 use super::checkpoints::token_position;
+use super::elements::{Elements, Val};
 use super::transcode::{self, ChangeHeader, Oddity, Parts};
 use super::Target;
 use crate::checkpoint::Mark;
@@ -16,7 +17,6 @@ use crate::envelope::{Event, Kind};
 use mongodb::bson::raw::{RawBsonRef, RawDocument};
 use mongodb::bson::Bson;
 use oplet_sdk::OperationType;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 pub struct Converter {
@@ -24,7 +24,7 @@ pub struct Converter {
     label: String,
     /// The namespace to use when an event has none (a collection target's).
     fallback: (String, String),
-    seen: HashSet<&'static str>,
+    seen: Vec<&'static str>,
     /// The last namespace read, shared by the events that follow while it holds.
     last_ns: (Arc<str>, Arc<str>),
 }
@@ -36,7 +36,7 @@ impl Converter {
             Target::Database(db) => (db.clone(), String::new()),
             Target::Deployment => (String::new(), String::new()),
         };
-        Converter { source: source.into(), label: target.label(), fallback, seen: HashSet::new(), last_ns: ("".into(), "".into()) }
+        Converter { source: source.into(), label: target.label(), fallback, seen: Vec::new(), last_ns: ("".into(), "".into()) }
     }
 
     /// The event for `raw` (its `seq` is set when it is sent) and the position after
@@ -44,9 +44,15 @@ impl Converter {
     pub fn convert(&mut self, raw: &RawDocument) -> Result<(Event, Mark), Unreadable> {
         let mut fields = Fields::default();
         let mut failure = None;
-        for element in raw {
+        for element in Elements::new(raw) {
             match element {
-                Ok((name, value)) => fields.take(name, value),
+                Ok((name, Val::Bson(value))) => fields.take(name, value),
+                // An array where a change has none: taken as the driver reads it.
+                Ok((name, Val::Array(_))) => {
+                    if let Ok(Some(value)) = raw.get(name) {
+                        fields.take(name, value);
+                    }
+                }
                 Err(e) => {
                     failure = Some(format!("unreadable change event: {e}"));
                     break;
@@ -62,9 +68,12 @@ impl Converter {
                 return Err(Unreadable { id: None, position: None, error });
             }
         };
-        match failure.map_or_else(|| self.event(fields, db, coll, id.clone()), Err) {
+        if let Some(error) = failure {
+            return Err(Unreadable { id: Some(id), position: Some(position), error });
+        }
+        match self.event(fields, db, coll, id) {
             Ok(event) => Ok((event, position)),
-            Err(error) => Err(Unreadable { id: Some(id), position: Some(position), error }),
+            Err((error, id)) => Err(Unreadable { id: Some(id), position: Some(position), error }),
         }
     }
 
@@ -75,10 +84,10 @@ impl Converter {
         };
         // One pass over `ns` for both names.
         let (mut db, mut coll) = (None, None);
-        for (key, value) in ns.into_iter().flatten().flatten() {
+        for (key, value) in ns.into_iter().flat_map(Elements::new).map_while(Result::ok) {
             match (key, value) {
-                ("db", RawBsonRef::String(s)) if db.is_none() => db = Some(s),
-                ("coll", RawBsonRef::String(s)) if coll.is_none() => coll = Some(s),
+                ("db", Val::Bson(RawBsonRef::String(s))) if db.is_none() => db = Some(s),
+                ("coll", Val::Bson(RawBsonRef::String(s))) if coll.is_none() => coll = Some(s),
                 _ => {}
             }
         }
@@ -89,7 +98,8 @@ impl Converter {
         self.last_ns.clone()
     }
 
-    fn event(&mut self, f: Fields<'_>, db: Arc<str>, coll: Arc<str>, id: String) -> Result<Event, String> {
+    /// The event; or why not, with `id` given back.
+    fn event(&mut self, f: Fields<'_>, db: Arc<str>, coll: Arc<str>, id: String) -> Result<Event, (String, String)> {
         let op = match f.op {
             Some(RawBsonRef::String(s)) => OperationType::parse(s),
             _ => {
@@ -104,7 +114,10 @@ impl Converter {
         let header = ChangeHeader { id, op, db, coll, time_ms };
         let parts = Parts { key: f.key, full: f.full, before: f.before, update: f.update };
         let mut noticed = Vec::new();
-        let bytes = transcode::change_event(&self.source, &header, &parts, &mut |o| noticed.push(o))?;
+        let bytes = match transcode::change_event(&self.source, &header, &parts, &mut |o| noticed.push(o)) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err((e, header.id)),
+        };
         for o in noticed {
             match o {
                 Oddity::FullDocumentIdDiffers => {
@@ -143,7 +156,9 @@ impl Converter {
 
     /// Logs an oddity of the server the first time this stream meets it.
     fn odd(&mut self, what: &'static str, consequence: &str) {
-        if self.seen.insert(what) {
+        // A short list, searched per call: cheaper than hashing for a handful.
+        if !self.seen.contains(&what) {
+            self.seen.push(what);
             tracing::warn!(source = %self.source, stream = %self.label, "the server sent {what}; {consequence} (said once per stream)");
         }
     }
@@ -151,7 +166,7 @@ impl Converter {
     /// What the converter has noticed so far (for tests).
     #[cfg(test)]
     fn oddities(&self) -> Vec<&'static str> {
-        let mut v: Vec<_> = self.seen.iter().copied().collect();
+        let mut v = self.seen.clone();
         v.sort();
         v
     }
@@ -203,7 +218,12 @@ impl<'a> Fields<'a> {
 fn token(db: &str, coll: &str, token: RawBsonRef<'_>) -> Result<(String, Mark), String> {
     if let RawBsonRef::Document(d) = token {
         if let Ok(data) = d.get_str("_data") {
-            return Ok((format!("{db}.{coll}:{data}"), Mark::Token { data: data.into(), seq: 0 }));
+            // `db.coll:data`, sized once (format! grows its buffer as it goes).
+            let mut id = String::with_capacity(db.len() + coll.len() + data.len() + 2);
+            for part in [db, ".", coll, ":", data] {
+                id.push_str(part);
+            }
+            return Ok((id, Mark::Token { data: data.into(), seq: 0 }));
         }
     }
     let bson = Bson::try_from(token).map_err(|e| format!("unreadable resume token: {e}"))?;

@@ -7,7 +7,8 @@
 //! id) from the `ChangeHeader` it returns. `seq` is written as a fixed-width u64 so
 //! it can be set when the event is numbered, without re-encoding.
 
-use mongodb::bson::raw::{RawArray, RawBsonRef, RawDocument};
+use super::elements::{Elements, Val};
+use mongodb::bson::raw::{RawBsonRef, RawDocument};
 use oplet_sdk::OperationType;
 use rmp::encode as mp;
 
@@ -97,11 +98,11 @@ impl Writer {
         let open = self.open(0xdf);
         let mut n: u32 = 0;
         let mut written = WrittenId { replaced: false, at: None };
-        for element in doc {
-            let (key, value) = element.map_err(|e| e.to_string())?;
+        for element in Elements::new(doc) {
+            let (key, value) = element?;
             self.str(key);
             let at = self.buf.len();
-            self.value(value)?;
+            self.val(value)?;
             if key == "_id" && written.at.is_none() {
                 if let Some(id) = id {
                     if &self.buf[at..] != id {
@@ -124,15 +125,23 @@ impl Writer {
         Ok(written)
     }
 
-    fn array(&mut self, arr: &RawArray) -> Result<(), String> {
+    /// An array, given as the document it is on the wire (keys "0", "1", ...).
+    fn array(&mut self, arr: &RawDocument) -> Result<(), String> {
         let open = self.open(0xdd);
         let mut n: u32 = 0;
-        for value in arr {
-            self.value(value.map_err(|e| e.to_string())?)?;
+        for element in Elements::new(arr) {
+            self.val(element?.1)?;
             n += 1;
         }
         self.close(open, n);
         Ok(())
+    }
+
+    fn val(&mut self, value: Val<'_>) -> Result<(), String> {
+        match value {
+            Val::Bson(v) => self.value(v),
+            Val::Array(a) => self.array(a),
+        }
     }
 
     /// One BSON value, in the shape of docs/abi.md §7.4.
@@ -140,7 +149,7 @@ impl Writer {
         match value {
             RawBsonRef::Double(f) => mp::write_f64(&mut self.buf, f).expect("writing to a Vec cannot fail"),
             RawBsonRef::String(s) => self.str(s),
-            RawBsonRef::Array(a) => self.array(a)?,
+            RawBsonRef::Array(a) => self.array(RawDocument::from_bytes(a.as_bytes()).map_err(|e| e.to_string())?)?,
             RawBsonRef::Document(d) => self.document(d)?,
             RawBsonRef::Boolean(b) => mp::write_bool(&mut self.buf, b).expect("writing to a Vec cannot fail"),
             RawBsonRef::Null | RawBsonRef::Undefined => self.nil(),
