@@ -220,6 +220,57 @@ mod tests {
         }
     }
 
+    /// Both readers over one document: every element's key and value, or where
+    /// each stopped with an error.
+    fn both(doc: &RawDocument) -> (Result<Vec<(String, Bson)>, ()>, Result<Vec<(String, Bson)>, ()>) {
+        let driver: Result<Vec<_>, ()> = doc
+            .iter()
+            .map(|e| e.map_err(|_| ()).and_then(|(k, v)| Bson::try_from(v).map(|v| (k.to_string(), v)).map_err(|_| ())))
+            .collect();
+        let ours: Result<Vec<_>, ()> = Elements::new(doc)
+            .map(|e| {
+                e.map_err(|_| ()).and_then(|(k, v)| {
+                    let value = match v {
+                        Val::Bson(b) => Bson::try_from(b).map_err(|_| ())?,
+                        Val::Array(d) => Bson::Array(
+                            d.iter().map(|e| e.map_err(|_| ()).and_then(|(_, v)| Bson::try_from(v).map_err(|_| ()))).collect::<Result<_, _>>()?,
+                        ),
+                    };
+                    Ok((k.to_string(), value))
+                })
+            })
+            .collect();
+        (driver, ours)
+    }
+
+    #[test]
+    fn every_single_byte_corruption_reads_as_the_drivers_iterator_reads_it() {
+        // Each byte of a document of every type, set to a few telling values: both
+        // readers must accept the same documents, with the same values.
+        let doc = doc! {
+            "s": "héllo", "d": { "a": 1_i32 }, "a": [1_i32, "two"], "b": Binary { subtype: BinarySubtype::Generic, bytes: vec![0, 1] },
+            "old": Binary { subtype: BinarySubtype::BinaryOld, bytes: vec![9] }, "t": true, "re": Regex { pattern: "x".into(), options: "i".into() },
+            "ts": Timestamp { time: 5, increment: 6 }, "l": 7_i64, "n": null, "f": 0.5,
+        };
+        let good = mongodb::bson::RawDocumentBuf::from_document(&doc).unwrap().into_bytes();
+        let mut compared = 0;
+        for at in 4..good.len() - 1 {
+            for value in [0x00, 0x01, 0x02, 0x05, 0x7f, 0x80, 0xff, good[at].wrapping_add(1)] {
+                let mut bytes = good.clone();
+                bytes[at] = value;
+                let Ok(doc) = RawDocument::from_bytes(&bytes) else { continue };
+                let (driver, ours) = both(doc);
+                match (&driver, &ours) {
+                    (Ok(d), Ok(o)) => assert_eq!(format!("{d:?}"), format!("{o:?}"), "byte {at} = {value:#x}"),
+                    (Err(()), Err(())) => {}
+                    _ => panic!("byte {at} = {value:#x}: the driver read {driver:?}, this reader {ours:?}"),
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 500, "{compared}");
+    }
+
     #[test]
     fn a_length_past_the_end_or_a_bad_byte_is_an_error_naming_the_key() {
         let doc = rawdoc! { "s": "text", "b": true };
