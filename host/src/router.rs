@@ -215,30 +215,43 @@ impl Registry {
     }
 
     fn dispatch(&self, mut rx: mpsc::Receiver<Envelope>) {
-        let mut batch: Vec<Envelope> = Vec::with_capacity(DISPATCH_BATCH);
+        let mut batch: Vec<Option<Envelope>> = Vec::with_capacity(DISPATCH_BATCH);
+        // Per event, the last route it goes to: it is moved there, and copied (two
+        // reference counts) only to the routes before it.
+        let mut last: Vec<Option<usize>> = Vec::with_capacity(DISPATCH_BATCH);
         let mut mine: Vec<Envelope> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+            batch.push(Some(first));
             while batch.len() < DISPATCH_BATCH {
                 match rx.try_recv() {
-                    Ok(env) => batch.push(env),
+                    Ok(env) => batch.push(Some(env)),
                     Err(_) => break,
                 }
             }
-            crate::metrics::events_in(&batch[0].event.source, batch.len() as u64);
+            if let Some(Some(first)) = batch.first() {
+                crate::metrics::events_in(&first.event.source, batch.len() as u64);
+            }
             let routes = self.routes();
-            for route in routes.iter() {
-                mine.extend(
-                    batch
-                        .iter()
-                        .filter(|e| route.manifest.matches(&e.event))
-                        .map(|e| Envelope { event: e.event.clone(), ticket: e.ticket.clone() }),
-                );
+            last.extend(batch.iter().flatten().map(|e| routes.iter().rposition(|r| r.manifest.matches(&e.event))));
+            for (r, route) in routes.iter().enumerate() {
+                for (slot, last) in batch.iter_mut().zip(&last) {
+                    match *last {
+                        Some(l) if l == r => mine.extend(slot.take()),
+                        Some(l) if r < l => {
+                            if let Some(e) = slot.as_ref().filter(|e| route.manifest.matches(&e.event)) {
+                                mine.push(Envelope { event: e.event.clone(), ticket: e.ticket.clone() });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 if !mine.is_empty() {
                     route.slot.push(&mut mine);
                 }
             }
+            // Events no route took are done here (their tickets drop).
             batch.clear();
+            last.clear();
         }
     }
 
