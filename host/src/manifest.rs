@@ -5,7 +5,7 @@
 //! (a typo must not silently widen or narrow a subscription).
 
 use crate::envelope::{Event, Kind};
-use oplet_sdk::{namespace_matches, Value};
+use oplet_sdk::Value;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -174,13 +174,27 @@ impl Subscription {
         // The header only: the event's bytes are never read to route it.
         match (&event.kind, self.kind) {
             (Kind::Change { op, db, coll }, SubscriptionKind::Change) => {
-                let ns_ok = self.namespaces.is_empty() || self.namespaces.iter().any(|pat| namespace_matches(pat, db, coll));
+                let ns_ok = self.namespaces.is_empty() || self.namespaces.iter().any(|pat| ns_matches(pat, db, coll));
                 let op_ok = self.operations.is_empty() || self.operations.iter().any(|o| o == op.as_str());
                 ns_ok && op_ok
             }
             (Kind::Socket { event: name }, SubscriptionKind::Socket) => self.events.is_empty() || self.events.iter().any(|e| e == name),
             _ => false,
         }
+    }
+}
+
+/// `oplet_sdk::namespace_matches` without searching the pattern for its dot, for
+/// the router's per-event filter: a pattern is `*`, or `db.` then `*` or the
+/// collection (database names have no dot, so the first dot follows `db`).
+fn ns_matches(pattern: &str, db: &str, coll: &str) -> bool {
+    let p = pattern.as_bytes();
+    if p == b"*" {
+        return true;
+    }
+    p.len() > db.len() && p[db.len()] == b'.' && p[..db.len()] == *db.as_bytes() && {
+        let rest = &p[db.len() + 1..];
+        rest == b"*" || rest == coll.as_bytes()
     }
 }
 
@@ -198,6 +212,17 @@ pub fn toml_to_value(v: &toml::Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_routers_namespace_filter_agrees_with_the_sdks() {
+        let patterns = ["*", "app.*", "app.items", "app.items.v2", "app", "ap.*", "app.item", "other.items", "app.", ".*"];
+        let names = [("app", "items"), ("app", "items.v2"), ("app", "other"), ("ap", "p.items"), ("apx", "items"), ("", "*")];
+        for p in patterns {
+            for (db, coll) in names {
+                assert_eq!(ns_matches(p, db, coll), oplet_sdk::namespace_matches(p, db, coll), "{p} vs {db}.{coll}");
+            }
+        }
+    }
     use super::*;
     use oplet_sdk::{Change, EventBody, OperationType};
 
