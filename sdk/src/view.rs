@@ -8,7 +8,7 @@
 //! stays available (`to_event`) for code that wants a tree.
 
 use crate::event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
-use crate::raw::{head, split_value, value_len, Head, RawArray, RawError, RawMap, RawValue};
+use crate::raw::{find_path, head, split_value, value_len, Head, RawArray, RawError, RawMap, RawValue};
 use std::fmt;
 
 /// A borrowed, lazily read [`Event`]. The header is read by [`EventView::parse`];
@@ -51,6 +51,20 @@ impl<'a> Entries<'a> {
             let k = next_key(&mut rest, what)?;
             if k == key {
                 return next_value(&mut rest).map(Some);
+            }
+            skip_value(&mut rest)?;
+        }
+        Ok(None)
+    }
+
+    /// Where the value of `key` starts (not measured: it runs to the end of the
+    /// input), `None` when absent.
+    fn find_start(&self, key: &[u8], what: &str) -> Result<Option<&'a [u8]>, RawError> {
+        let mut rest = self.rest;
+        for _ in 0..self.len {
+            let k = next_key(&mut rest, what)?;
+            if k == key {
+                return Ok(Some(rest));
             }
             skip_value(&mut rest)?;
         }
@@ -487,7 +501,10 @@ impl<'a> ChangeView<'a> {
     /// A field of the document after the change (dotted path): from the full
     /// document when present, else what the update set (as [`Change::field`]).
     pub fn field(&self, path: &str) -> Option<RawValue<'a>> {
-        if let Some(v) = self.full_document().and_then(|d| d.get(path)) {
+        // Found inside the document without measuring it first: a field near the
+        // front of a large document costs little.
+        let doc = self.entries.find_start(b"full_document", "the change").ok().flatten();
+        if let Some(v) = doc.filter(|d| d.first() != Some(&0xc0)).and_then(|d| find_path(d, path)) {
             return Some(v);
         }
         self.updated(path)
