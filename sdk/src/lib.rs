@@ -47,6 +47,7 @@ mod effect;
 mod event;
 mod plugin;
 mod raw;
+mod reply;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod value;
@@ -57,6 +58,7 @@ pub use effect::{CapabilityKind, Effect, EmitTarget, LogLevel};
 pub use event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
 pub use plugin::Plugin;
 pub use raw::{RawArray, RawError, RawMap, RawValue};
+pub use reply::read_ok_reply;
 pub use value::{Map, Value};
 pub use view::{BodyView, ChangeView, EventView, SocketView};
 

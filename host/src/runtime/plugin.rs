@@ -272,79 +272,12 @@ fn decode_reply(bytes: &[u8]) -> Result<WireReply, CallError> {
     Ok(reply)
 }
 
-/// The common reply, `{"status": "ok", "effects": [...]}`, read in place: serde's
-/// internally tagged enums buffer the whole map first, which cost more than the
-/// rest of a no-op call. Anything else (an error, a malformed reply) is left to the
-/// full decoder, which also words the errors.
+/// The common reply, `{"status": "ok", "effects": [...]}`, read in place by the
+/// SDK in one pass (`oplet_sdk::read_ok_reply`): serde's tagged enums buffer every
+/// map first, which cost more than the rest of a no-op call. Anything else (an
+/// error, a malformed reply) is left to the full decoder, which also words the errors.
 fn decode_ok_reply(bytes: &[u8]) -> Option<WireReply> {
-    let map = oplet_sdk::RawValue::parse(bytes).ok()?.as_map()?;
-    if map.get("status")?.as_str()? != "ok" {
-        return None;
-    }
-    let effects = match map.get("effects") {
-        None => None,
-        Some(v) if v.is_null() => None,
-        Some(v) if v.as_array()?.is_empty() => Some(Vec::new()),
-        Some(v) => Some(v.as_array()?.iter().map(read_effect).collect::<Option<Vec<Effect>>>()?),
-    };
-    Some(WireReply::Ok { effects })
-}
-
-/// One effect, read in place for the kinds whose shape is plain (`cache_delete`,
-/// `log`, `audit`): serde's adjacently tagged enums buffer the whole map before
-/// reading it, which cost more than the rest of a one-effect call. Any other kind
-/// or shape goes through serde, which also words the errors.
-fn read_effect(v: oplet_sdk::RawValue<'_>) -> Option<Effect> {
-    read_plain_effect(v).or_else(|| rmp_serde::from_slice::<Effect>(v.as_bytes_raw()).ok())
-}
-
-fn read_plain_effect(v: oplet_sdk::RawValue<'_>) -> Option<Effect> {
-    let map = v.as_map()?;
-    let (mut kind, mut data) = (None, None);
-    let mut entries = 0;
-    for (k, x) in map {
-        entries += 1;
-        match k {
-            "kind" => kind = Some(x.as_str()?),
-            "data" => data = Some(x.as_map()?),
-            _ => {}
-        }
-    }
-    if entries != map.len() {
-        return None;
-    }
-    let data = data?;
-    // Every key of `data` must be one read here or an unknown one (ignored);
-    // a key that is not a string stops the iteration: left to serde.
-    if data.iter().count() != data.len() {
-        return None;
-    }
-    match kind? {
-        "cache_delete" => {
-            let keys = data.get("keys")?.as_array()?;
-            let mut out = Vec::with_capacity(keys.len());
-            for k in keys {
-                out.push(k.as_str()?.to_string());
-            }
-            if out.len() != keys.len() {
-                return None;
-            }
-            Some(Effect::CacheDelete { keys: out })
-        }
-        "log" => {
-            let level = match data.get("level")?.as_str()? {
-                "error" => oplet_sdk::LogLevel::Error,
-                "warn" => oplet_sdk::LogLevel::Warn,
-                "info" => oplet_sdk::LogLevel::Info,
-                "debug" => oplet_sdk::LogLevel::Debug,
-                "trace" => oplet_sdk::LogLevel::Trace,
-                _ => return None,
-            };
-            Some(Effect::Log { level, message: data.get("message")?.as_str()?.to_string() })
-        }
-        "audit" => Some(Effect::Audit { record: data.get("record")?.to_value().ok()? }),
-        _ => None,
-    }
+    oplet_sdk::read_ok_reply(bytes).map(|effects| WireReply::Ok { effects })
 }
 
 enum LoadErrorOrCall {
