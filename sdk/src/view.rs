@@ -192,6 +192,9 @@ impl<'a> EventView<'a> {
     /// read: a malformed document is found when it is asked for (an accessor then
     /// reads it as absent). [`EventView::check`] walks and checks everything.
     pub fn parse(bytes: &'a [u8]) -> Result<EventView<'a>, RawError> {
+        if let Some(view) = parse_host_layout(bytes) {
+            return Ok(view);
+        }
         let mut rest = bytes;
         let n = enter_map(&mut rest, "the event")?;
         let (mut seq, mut id, mut source, mut time_ms, mut body) = (None, None, None, None, None);
@@ -322,6 +325,86 @@ impl<'a> EventView<'a> {
     /// for small events or when you need all of it).
     pub fn to_event(&self) -> Result<Event, RawError> {
         crate::codec::decode(self.bytes).map_err(|e| RawError(e.to_string()))
+    }
+}
+
+/// The header as the host lays it out (docs/abi.md §6-7: fields in schema order,
+/// `kind` before `data`), read straight through by comparing the key bytes in
+/// place: most of a no-op call was the general loop's per-key dispatch. `None` at
+/// the first byte that differs; `parse` then reads the event the general way.
+fn parse_host_layout(bytes: &[u8]) -> Option<EventView<'_>> {
+    let mut r = Layout(bytes);
+    r.lit(b"\x85\xa3seq")?;
+    let seq = r.uint()?;
+    r.lit(b"\xa2id")?;
+    let id = r.str()?;
+    r.lit(b"\xa6source")?;
+    let source = r.str()?;
+    r.lit(b"\xa7time_ms")?;
+    let time_ms = r.int()?;
+    r.lit(b"\xa4body\x82\xa4kind")?;
+    let kind = r.str()?;
+    r.lit(b"\xa4data")?;
+    let body = match kind {
+        "change" => {
+            let (len, entries) = r.map()?;
+            r.lit(b"\xa2op")?;
+            let op = r.str()?;
+            r.lit(b"\xa2db")?;
+            let db = r.str()?;
+            r.lit(b"\xa4coll")?;
+            let coll = r.str()?;
+            BodyView::Change(ChangeView { op, db, coll, entries: Entries { len, rest: entries } })
+        }
+        "socket" => {
+            let (len, entries) = r.map()?;
+            r.lit(b"\xa6client")?;
+            let client = r.str()?;
+            r.lit(b"\xa5event")?;
+            let event = r.str()?;
+            BodyView::Socket(SocketView { client, event, entries: Entries { len, rest: entries } })
+        }
+        _ => return None,
+    };
+    Some(EventView { seq, id, source, time_ms, body, bytes })
+}
+
+/// A read position for `parse_host_layout`; every method moves past what it read.
+struct Layout<'a>(&'a [u8]);
+
+impl<'a> Layout<'a> {
+    fn lit(&mut self, expected: &[u8]) -> Option<()> {
+        self.0 = self.0.strip_prefix(expected)?;
+        Some(())
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        let v = match head(self.0).ok()? {
+            Head::Int(i) => i,
+            _ => return None,
+        };
+        skip_value(&mut self.0).ok()?;
+        Some(v)
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        let v = match head(self.0).ok()? {
+            Head::Int(i) if i >= 0 => i as u64,
+            Head::BigUint(u) => u,
+            _ => return None,
+        };
+        skip_value(&mut self.0).ok()?;
+        Some(v)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        next_str(&mut self.0, "").ok()
+    }
+
+    /// A map header: its entry count and where its entries start (not moving past them).
+    fn map(&mut self) -> Option<(usize, &'a [u8])> {
+        let n = enter_map(&mut self.0, "").ok()?;
+        Some((n, self.0))
     }
 }
 
