@@ -378,27 +378,53 @@ impl<'a> Layout<'a> {
         Some(())
     }
 
+    /// `n` big-endian bytes after a one-byte marker.
+    fn be(&mut self, n: usize) -> Option<u64> {
+        let b = self.0.get(1..1 + n)?;
+        self.0 = &self.0[1 + n..];
+        Some(b.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
     fn int(&mut self) -> Option<i64> {
-        let v = match head(self.0).ok()? {
-            Head::Int(i) => i,
+        Some(match *self.0.first()? {
+            b @ (0x00..=0x7f | 0xe0..=0xff) => {
+                self.0 = &self.0[1..];
+                i64::from(b as i8)
+            }
+            0xcc => self.be(1)? as i64,
+            0xcd => self.be(2)? as i64,
+            0xce => self.be(4)? as i64,
+            0xcf => i64::try_from(self.be(8)?).ok()?,
+            0xd0 => i64::from(self.be(1)? as u8 as i8),
+            0xd1 => i64::from(self.be(2)? as u16 as i16),
+            0xd2 => i64::from(self.be(4)? as u32 as i32),
+            0xd3 => self.be(8)? as i64,
             _ => return None,
-        };
-        skip_value(&mut self.0).ok()?;
-        Some(v)
+        })
     }
 
     fn uint(&mut self) -> Option<u64> {
-        let v = match head(self.0).ok()? {
-            Head::Int(i) if i >= 0 => i as u64,
-            Head::BigUint(u) => u,
-            _ => return None,
-        };
-        skip_value(&mut self.0).ok()?;
-        Some(v)
+        match *self.0.first()? {
+            0xcf => self.be(8),
+            _ => u64::try_from(self.int()?).ok(),
+        }
     }
 
+    /// A fixstr or str8 of ASCII (what the host writes for header strings); anything
+    /// else through the general reader.
     fn str(&mut self) -> Option<&'a str> {
-        next_str(&mut self.0, "").ok()
+        let (off, len) = match *self.0.first()? {
+            b @ 0xa0..=0xbf => (1, usize::from(b & 0x1f)),
+            0xd9 => (2, usize::from(*self.0.get(1)?)),
+            _ => return next_str(&mut self.0, "").ok(),
+        };
+        let s = self.0.get(off..off + len)?;
+        if !s.is_ascii() {
+            return next_str(&mut self.0, "").ok();
+        }
+        self.0 = &self.0[off + len..];
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(s) })
     }
 
     /// A map header: its entry count and where its entries start (not moving past them).

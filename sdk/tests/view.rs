@@ -202,6 +202,29 @@ fn documents_are_read_on_access_not_at_parse() {
     assert!(view.check().is_err() && view.to_event().is_err() && change.to_change().is_err());
 }
 
+/// The host's layout read straight through agrees with the owned decode for the
+/// widths the host writes: a fixed-width uint64 `seq` (the MongoDB source's), a
+/// str8 `id` (a resume token), a negative `time_ms`.
+#[test]
+fn the_host_layout_reads_every_width_the_host_writes() {
+    let mut e = order_event();
+    e.id = "8265A1F0C2000000012B022C0100296E5A1004".repeat(3);
+    let plain = codec::encode(&e).unwrap();
+    // seq 42 as a fixint after 85 a3 "seq": rewrite it as a uint64, as the MongoDB source does.
+    assert_eq!(&plain[..6], &[0x85, 0xa3, b's', b'e', b'q', 42]);
+    let mut wide = plain[..5].to_vec();
+    wide.push(0xcf);
+    wide.extend_from_slice(&42u64.to_be_bytes());
+    wide.extend_from_slice(&plain[6..]);
+    for bytes in [&plain, &wide] {
+        let view = EventView::parse(bytes).unwrap();
+        assert_eq!((view.seq(), view.id(), view.source(), view.time_ms()), (42, e.id.as_str(), "mongo", -1));
+        assert_eq!(view.to_event().unwrap(), e);
+        assert_eq!(view.body().to_body().unwrap(), e.body);
+        view.check().unwrap();
+    }
+}
+
 #[test]
 fn raw_values_reemit_through_serde_without_a_tree() {
     let v = json(r#"{"a":[1,-2,2.5,"s",null,true,{"b":{}}]}"#);
