@@ -555,6 +555,17 @@ mod tests {
         .unwrap();
         let err = PluginCode::load(&runtime, "bad", &bad, Limits::default(), &Value::Null).err().unwrap().to_string();
         assert!(err.starts_with("export `oplet_abi_features` has the wrong type: expected (func (result i32))"), "{err}");
+        // A probe that traps refuses the module at load, naming the export.
+        let trapping = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+              (func (export "oplet_abi_version") (result i32) (i32.const 1))
+              (func (export "oplet_abi_features") (result i32) unreachable)
+              (func (export "oplet_alloc") (param i32) (result i32) (i32.const 0))
+              (func (export "oplet_handle") (param i32 i32) (result i64) (i64.const 0)))"#,
+        )
+        .unwrap();
+        let err = PluginCode::load(&runtime, "trapping", &trapping, Limits::default(), &Value::Null).err().unwrap().to_string();
+        assert!(err.starts_with("oplet_abi_features failed: trap:"), "{err}");
     }
 
     #[test]
