@@ -155,6 +155,18 @@ pub(crate) fn value_len(bytes: &[u8]) -> Result<usize, RawError> {
     Ok(at)
 }
 
+/// The length of the value at the start of `bytes`: a fixstr or a one-byte
+/// scalar (most values of a document) read from its first byte, anything else
+/// measured by `value_len`.
+pub(crate) fn skip_len(bytes: &[u8]) -> Option<usize> {
+    let n = match *bytes.first()? {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 1,
+        b @ 0xa0..=0xbf => 1 + usize::from(b & 0x1f),
+        _ => return value_len(bytes).ok(),
+    };
+    (n <= bytes.len()).then_some(n)
+}
+
 /// The value at dotted `path` inside the value at the start of `bytes`, which may
 /// be followed by more bytes (it need not be measured first): only the maps and
 /// arrays on the way are entered, the entries before the one wanted are skipped,
@@ -188,7 +200,7 @@ pub(crate) fn find_path<'a>(bytes: &'a [u8], path: &str) -> Option<RawValue<'a>>
                         found = Some(rest);
                         break;
                     }
-                    rest = &rest[value_len(rest).ok()?..];
+                    rest = &rest[skip_len(rest)?..];
                 }
                 found?
             }
@@ -196,7 +208,7 @@ pub(crate) fn find_path<'a>(bytes: &'a [u8], path: &str) -> Option<RawValue<'a>>
                 let index = part.parse::<usize>().ok().filter(|i| *i < n)?;
                 let mut rest = &at[off..];
                 for _ in 0..index {
-                    rest = &rest[value_len(rest).ok()?..];
+                    rest = &rest[skip_len(rest)?..];
                 }
                 rest
             }

@@ -8,7 +8,7 @@
 //! stays available (`to_event`) for code that wants a tree.
 
 use crate::event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
-use crate::raw::{find_path, head, split_value, value_len, Head, RawArray, RawError, RawMap, RawValue};
+use crate::raw::{find_path, head, skip_len, split_value, value_len, Head, RawArray, RawError, RawMap, RawValue};
 use std::fmt;
 
 /// A borrowed, lazily read [`Event`]. The header is read by [`EventView::parse`];
@@ -156,7 +156,10 @@ fn next_value<'a>(rest: &mut &'a [u8]) -> Result<RawValue<'a>, RawError> {
 
 /// Moves past the next value, checking it is whole.
 fn skip_value(rest: &mut &[u8]) -> Result<(), RawError> {
-    let n = value_len(rest)?;
+    let n = match skip_len(rest) {
+        Some(n) => n,
+        None => value_len(rest)?,
+    };
     *rest = &rest[n..];
     Ok(())
 }
