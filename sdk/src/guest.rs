@@ -3,7 +3,9 @@
 //!
 //! Memory: one input buffer per instance, handed out by `oplet_alloc` and reused
 //! for every call (grown only when an event is larger, never zeroed); the event is
-//! read in place. One reply buffer, reused too, sized exactly for a large reply so
+//! read in place. Only `oplet_alloc` moves it, which is what the exports'
+//! `oplet_abi_features` promise (input reuse): the host then skips `oplet_alloc`
+//! for an event that fits. One reply buffer, reused too, sized exactly for a large reply so
 //! a 16 MB document is not held twice over by a doubling `Vec`.
 
 use crate::{codec, Effect, Error, Event, EventView, Plugin, Reply, Value};

@@ -47,6 +47,7 @@ mod effect;
 mod event;
 mod plugin;
 mod raw;
+mod reply;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod value;
@@ -57,6 +58,7 @@ pub use effect::{CapabilityKind, Effect, EmitTarget, LogLevel};
 pub use event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
 pub use plugin::Plugin;
 pub use raw::{RawArray, RawError, RawMap, RawValue};
+pub use reply::read_ok_reply;
 pub use value::{Map, Value};
 pub use view::{BodyView, ChangeView, EventView, SocketView};
 
@@ -65,6 +67,15 @@ use serde::{Deserialize, Serialize};
 /// Version of the binary interface. A module whose `oplet_abi_version` export
 /// returns another number is refused at load.
 pub const ABI_VERSION: u32 = 1;
+
+/// Feature bit of the optional `oplet_abi_features` export (docs/abi.md §2.1):
+/// the buffer `oplet_alloc(n)` returned stays the input buffer for any input of
+/// up to `n` bytes until the host next calls `oplet_alloc`, so the host writes
+/// each event there and makes one call per event instead of two.
+pub const FEATURE_INPUT_REUSE: u32 = 1;
+
+/// The features this SDK's exports provide (what its `oplet_abi_features` returns).
+pub const ABI_FEATURES: u32 = FEATURE_INPUT_REUSE;
 
 /// What a plugin returns for one call (of `oplet_handle` or `oplet_init`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

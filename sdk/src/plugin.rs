@@ -38,7 +38,7 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
-/// Exports a [`Plugin`] type as the plugin's ABI (`oplet_abi_version`,
+/// Exports a [`Plugin`] type as the plugin's ABI (`oplet_abi_version`, `oplet_abi_features`,
 /// `oplet_alloc`, `oplet_init`, `oplet_handle`), on `wasm32` only.
 #[macro_export]
 macro_rules! export_plugin {
@@ -53,6 +53,10 @@ macro_rules! export_plugin {
             #[unsafe(no_mangle)]
             pub extern "C" fn oplet_abi_version() -> u32 {
                 $crate::ABI_VERSION
+            }
+            #[unsafe(no_mangle)]
+            pub extern "C" fn oplet_abi_features() -> u32 {
+                $crate::ABI_FEATURES
             }
             #[unsafe(no_mangle)]
             pub extern "C" fn oplet_alloc(len: u32) -> u32 {

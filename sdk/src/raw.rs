@@ -155,6 +155,69 @@ pub(crate) fn value_len(bytes: &[u8]) -> Result<usize, RawError> {
     Ok(at)
 }
 
+/// The length of the value at the start of `bytes`: a fixstr or a one-byte
+/// scalar (most values of a document) read from its first byte, anything else
+/// measured by `value_len`.
+pub(crate) fn skip_len(bytes: &[u8]) -> Option<usize> {
+    let n = match *bytes.first()? {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 1,
+        b @ 0xa0..=0xbf => 1 + usize::from(b & 0x1f),
+        _ => return value_len(bytes).ok(),
+    };
+    (n <= bytes.len()).then_some(n)
+}
+
+/// The value at dotted `path` inside the value at the start of `bytes`, which may
+/// be followed by more bytes (it need not be measured first): only the maps and
+/// arrays on the way are entered, the entries before the one wanted are skipped,
+/// and only the value found is measured. Keys are compared as bytes. `None` when
+/// the path is absent or the bytes on the way are malformed.
+pub(crate) fn find_path<'a>(bytes: &'a [u8], path: &str) -> Option<RawValue<'a>> {
+    let mut at = bytes;
+    for part in path.split('.') {
+        at = match head(at).ok()? {
+            Head::Map(n, off) => {
+                let mut rest = &at[off..];
+                let mut found = None;
+                for _ in 0..n {
+                    let key = match rest.first() {
+                        Some(&b @ 0xa0..=0xbf) => {
+                            let len = usize::from(b & 0x1f);
+                            let k = rest.get(1..1 + len)?;
+                            rest = &rest[1 + len..];
+                            k
+                        }
+                        _ => {
+                            let (k, tail) = split_value(rest).ok()?;
+                            rest = tail;
+                            match k.head() {
+                                Head::Str(o, l) => &k.bytes[o..o + l],
+                                _ => return None,
+                            }
+                        }
+                    };
+                    if key == part.as_bytes() {
+                        found = Some(rest);
+                        break;
+                    }
+                    rest = &rest[skip_len(rest)?..];
+                }
+                found?
+            }
+            Head::Array(n, off) => {
+                let index = part.parse::<usize>().ok().filter(|i| *i < n)?;
+                let mut rest = &at[off..];
+                for _ in 0..index {
+                    rest = &rest[skip_len(rest)?..];
+                }
+                rest
+            }
+            _ => return None,
+        };
+    }
+    split_value(at).ok().map(|(v, _)| v)
+}
+
 /// Splits the value at the start of `bytes` from what follows it.
 pub(crate) fn split_value(bytes: &[u8]) -> Result<(RawValue<'_>, &[u8]), RawError> {
     let n = value_len(bytes)?;
@@ -298,15 +361,7 @@ impl<'a> RawValue<'a> {
     /// A nested field by dotted path (`"profile.name"`, `"items.0.sku"`), found by
     /// walking the bytes: only the maps on the way are scanned.
     pub fn get(&self, path: &str) -> Option<RawValue<'a>> {
-        let mut cur = *self;
-        for part in path.split('.') {
-            cur = match cur.head() {
-                Head::Map(..) => cur.get_key(part)?,
-                Head::Array(..) => cur.as_array()?.get(part.parse::<usize>().ok()?)?,
-                _ => return None,
-            };
-        }
-        Some(cur)
+        find_path(self.bytes, path)
     }
 
     /// The owned value, exactly as `codec::decode::<Value>` reads these bytes.

@@ -279,7 +279,7 @@ mod tests {
         fn handle(&mut self, event: &EventView<'_>) -> Result<Vec<Effect>> {
             let Some(c) = event.change() else { return Ok(vec![]) };
             let id = c.id().map(|i| i.to_key_string()).unwrap_or_default();
-            Ok(vec![Effect::cache_delete([format!("{}{}:{}:{}", self.prefix, c.op, c.coll, id)])])
+            Ok(vec![Effect::cache_delete([format!("{}{}:{}:{}", self.prefix, c.op(), c.coll(), id)])])
         }
     }
 

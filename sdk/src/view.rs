@@ -1,21 +1,26 @@
 //! `EventView`: the event as a plugin reads it, borrowed from the input bytes.
 //!
-//! Parsing reads the header (seq, id, source, time, kind, operation, namespace,
-//! document key) as numbers and `&str`s into the input, with no allocation, and
-//! keeps each document as a [`RawValue`] whose fields are found on demand. The
-//! owned [`Event`] stays available (`to_event`) for code that wants a tree.
+//! Parsing reads only the header (seq, id, source, time, kind, and a change's
+//! operation and namespace, or a socket event's client and name) as numbers and
+//! `&str`s into the input, with no allocation. Everything else (the document key,
+//! the documents, a payload) is found when first asked for, so a plugin pays for
+//! what it reads: one that reads nothing walks no document. The owned [`Event`]
+//! stays available (`to_event`) for code that wants a tree.
 
 use crate::event::{namespace_matches, Change, Event, EventBody, OperationType, SocketEvent};
-use crate::raw::{head, split_value, Head, RawArray, RawError, RawMap, RawValue};
+use crate::raw::{find_path, head, skip_len, split_value, value_len, Head, RawArray, RawError, RawMap, RawValue};
+use std::fmt;
 
-/// A borrowed, lazily read [`Event`].
-#[derive(Debug, Clone, Copy)]
+/// A borrowed, lazily read [`Event`]. The header is read by [`EventView::parse`];
+/// documents are found on access (each accessor finds its field again: keep the
+/// [`RawValue`] it returns rather than asking twice).
+#[derive(Clone, Copy)]
 pub struct EventView<'a> {
-    pub seq: u64,
-    pub id: &'a str,
-    pub source: &'a str,
-    pub time_ms: i64,
-    pub body: BodyView<'a>,
+    seq: u64,
+    id: &'a str,
+    source: &'a str,
+    time_ms: i64,
+    body: BodyView<'a>,
     bytes: &'a [u8],
 }
 
@@ -29,40 +34,81 @@ pub enum BodyView<'a> {
     Other(&'a str),
 }
 
-/// A change, borrowed. Documents are [`RawValue`]s (maps when present).
-#[derive(Debug, Clone, Copy)]
-pub struct ChangeView<'a> {
-    /// The operation type as the host wrote it (`"insert"`, `"update"`, ...;
-    /// `"snapshot"` for an existing document read by a snapshot or backfill).
-    pub op: &'a str,
-    pub db: &'a str,
-    pub coll: &'a str,
-    /// The `documentKey`; nil when the event has none.
-    pub key: RawValue<'a>,
-    pub full_document: Option<RawValue<'a>>,
-    pub updated_fields: Option<RawMap<'a>>,
-    pub removed_fields: Option<RawArray<'a>>,
-    pub before: Option<RawValue<'a>>,
+/// The entries of a map the view has not read yet: found on demand by key.
+#[derive(Clone, Copy)]
+struct Entries<'a> {
+    len: usize,
+    /// From the first entry on (may run past the map's end: only `len` entries are read).
+    rest: &'a [u8],
 }
 
-/// A socket event, borrowed.
-#[derive(Debug, Clone, Copy)]
+impl<'a> Entries<'a> {
+    /// The value of `key`, `None` when absent; an error when the bytes on the way
+    /// are malformed.
+    fn find(&self, key: &[u8], what: &str) -> Result<Option<RawValue<'a>>, RawError> {
+        let mut rest = self.rest;
+        for _ in 0..self.len {
+            let k = next_key(&mut rest, what)?;
+            if k == key {
+                return next_value(&mut rest).map(Some);
+            }
+            skip_value(&mut rest)?;
+        }
+        Ok(None)
+    }
+
+    /// Where the value of `key` starts (not measured: it runs to the end of the
+    /// input), `None` when absent.
+    fn find_start(&self, key: &[u8], what: &str) -> Result<Option<&'a [u8]>, RawError> {
+        let mut rest = self.rest;
+        for _ in 0..self.len {
+            let k = next_key(&mut rest, what)?;
+            if k == key {
+                return Ok(Some(rest));
+            }
+            skip_value(&mut rest)?;
+        }
+        Ok(None)
+    }
+
+    /// Every entry, checked: keys are UTF-8 strings, values well-formed.
+    fn check(&self, what: &str) -> Result<(), RawError> {
+        let mut rest = self.rest;
+        for _ in 0..self.len {
+            let k = next_key(&mut rest, what)?;
+            other_key(k, what)?;
+            skip_value(&mut rest)?;
+        }
+        Ok(())
+    }
+}
+
+/// A change, borrowed. The operation and namespace are read with the header;
+/// the document key and the documents are found when asked for.
+#[derive(Clone, Copy)]
+pub struct ChangeView<'a> {
+    op: &'a str,
+    db: &'a str,
+    coll: &'a str,
+    entries: Entries<'a>,
+}
+
+/// A socket event, borrowed. The payload is found when asked for.
+#[derive(Clone, Copy)]
 pub struct SocketView<'a> {
-    pub client: &'a str,
-    pub event: &'a str,
-    pub payload: RawValue<'a>,
+    client: &'a str,
+    event: &'a str,
+    entries: Entries<'a>,
 }
 
 fn bad<T>(msg: impl Into<String>) -> Result<T, RawError> {
     Err(RawError(msg.into()))
 }
 
-// Parsing walks the event once, front to back: each map the view reads is entered
-// in place (its header, then its entries) rather than first measured whole and then
-// re-read, so a document is walked once, not once per level above it. Values the
-// view keeps (documents, payloads) are measured once by `split_value` and kept as
-// `RawValue`s; everything else is skipped the same way, so the whole input is still
-// checked to be well-formed.
+// The header is read front to back and the read stops as soon as every header
+// field is found: the host writes the header fields before the body, and a
+// change's `op`, `db` and `coll` before its documents, so no document is walked
+// at parse. A writer using another order costs a walk of what it put first.
 
 /// Reads the header of the map at the front of `rest` and moves past it: its entry count.
 fn enter_map(rest: &mut &[u8], what: &str) -> Result<usize, RawError> {
@@ -76,9 +122,7 @@ fn enter_map(rest: &mut &[u8], what: &str) -> Result<usize, RawError> {
 }
 
 /// The next key of a map being read in place, as bytes. The keys the view looks
-/// for are ASCII, so a key equal to one needs no UTF-8 check; any other key is
-/// checked by [`other_key`] (profiling showed the checks of known keys as a tenth
-/// of a no-op plugin's call).
+/// for are ASCII, so a key equal to one needs no UTF-8 check.
 fn next_key<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], RawError> {
     if let Some(&b @ 0xa0..=0xbf) = rest.first() {
         let len = usize::from(b & 0x1f);
@@ -95,7 +139,7 @@ fn next_key<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], RawError> {
     }
 }
 
-/// A key the view does not read: still an error when it is not UTF-8.
+/// A key the view does not read: an error when it is not UTF-8 (checked by `check`).
 fn other_key(key: &[u8], what: &str) -> Result<(), RawError> {
     match std::str::from_utf8(key) {
         Ok(_) => Ok(()),
@@ -110,46 +154,87 @@ fn next_value<'a>(rest: &mut &'a [u8]) -> Result<RawValue<'a>, RawError> {
     Ok(v)
 }
 
-fn string<'a>(v: RawValue<'a>, field: &str) -> Result<&'a str, RawError> {
-    v.as_str().ok_or_else(|| RawError(format!("event field {field} is not a string")))
+/// Moves past the next value, checking it is whole.
+fn skip_value(rest: &mut &[u8]) -> Result<(), RawError> {
+    let n = match skip_len(rest) {
+        Some(n) => n,
+        None => value_len(rest)?,
+    };
+    *rest = &rest[n..];
+    Ok(())
+}
+
+/// The next value, which must be a string; a fixstr of ASCII (every header string
+/// the host writes) is read without the general UTF-8 check.
+fn next_str<'a>(rest: &mut &'a [u8], field: &str) -> Result<&'a str, RawError> {
+    if let Some(&b @ 0xa0..=0xbf) = rest.first() {
+        let len = usize::from(b & 0x1f);
+        if let Some(s) = rest.get(1..1 + len) {
+            if s.is_ascii() {
+                *rest = &rest[1 + len..];
+                // SAFETY: ASCII is UTF-8.
+                return Ok(unsafe { std::str::from_utf8_unchecked(s) });
+            }
+        }
+    }
+    next_value(rest)?.as_str().ok_or_else(|| RawError(format!("event field {field} is not a string")))
+}
+
+/// A nil with the input's lifetime (for absent fields).
+fn nil<'a>() -> RawValue<'a> {
+    RawValue::null()
 }
 
 /// `nil` reads as absent, as the owned decode's `Option` does.
-fn opt(v: RawValue<'_>) -> Option<RawValue<'_>> {
-    (!v.is_null()).then_some(v)
+fn opt(v: Option<RawValue<'_>>) -> Option<RawValue<'_>> {
+    v.filter(|v| !v.is_null())
 }
 
 impl<'a> EventView<'a> {
     /// Reads the header of the MessagePack `Event` in `bytes`. Documents are not
-    /// decoded; their bytes are only checked to be whole (their length walked, once).
+    /// read: a malformed document is found when it is asked for (an accessor then
+    /// reads it as absent). [`EventView::check`] walks and checks everything.
     pub fn parse(bytes: &'a [u8]) -> Result<EventView<'a>, RawError> {
+        if let Some(view) = parse_host_layout(bytes) {
+            return Ok(view);
+        }
         let mut rest = bytes;
         let n = enter_map(&mut rest, "the event")?;
         let (mut seq, mut id, mut source, mut time_ms, mut body) = (None, None, None, None, None);
-        for _ in 0..n {
+        for i in 0..n {
             let k = next_key(&mut rest, "the event")?;
-            if k == b"body" {
-                body = Some(body_view(&mut rest)?);
-                continue;
-            }
-            let v = next_value(&mut rest)?;
             match k {
-                b"seq" => match v.head() {
-                    Head::Int(i) if i >= 0 => seq = Some(i as u64),
-                    Head::BigUint(u) => seq = Some(u),
+                b"body" => {
+                    body = Some(body_view(rest)?);
+                    if seq.is_some() && id.is_some() && source.is_some() && time_ms.is_some() {
+                        break;
+                    }
+                    if i + 1 < n {
+                        skip_value(&mut rest)?;
+                    }
+                }
+                b"seq" => match head(rest)? {
+                    Head::Int(v) if v >= 0 => {
+                        seq = Some(v as u64);
+                        skip_value(&mut rest)?;
+                    }
+                    Head::BigUint(u) => {
+                        seq = Some(u);
+                        skip_value(&mut rest)?;
+                    }
                     _ => return bad("event field seq is not an unsigned integer"),
                 },
-                b"id" => id = Some(string(v, "id")?),
-                b"source" => source = Some(string(v, "source")?),
-                b"time_ms" => match v.head() {
-                    Head::Int(i) => time_ms = Some(i),
+                b"id" => id = Some(next_str(&mut rest, "id")?),
+                b"source" => source = Some(next_str(&mut rest, "source")?),
+                b"time_ms" => match head(rest)? {
+                    Head::Int(v) => {
+                        time_ms = Some(v);
+                        skip_value(&mut rest)?;
+                    }
                     _ => return bad("event field time_ms is not an integer"),
                 },
-                _ => other_key(k, "the event")?,
+                _ => skip_value(&mut rest)?,
             }
-        }
-        if !rest.is_empty() {
-            return bad(format!("{} bytes after the MessagePack value", rest.len()));
         }
         let missing = |f: &str| RawError(format!("the event has no field {f}"));
         Ok(EventView {
@@ -160,6 +245,62 @@ impl<'a> EventView<'a> {
             body: body.ok_or_else(|| missing("body"))?,
             bytes,
         })
+    }
+
+    /// Walks the whole event and checks it: one well-formed MessagePack value with
+    /// nothing after it, string keys, and the change's fields of the right types.
+    /// `parse` reads only the header; call this to refuse a malformed event up
+    /// front (the host never sends one).
+    pub fn check(&self) -> Result<(), RawError> {
+        let whole = RawValue::parse(self.bytes)?;
+        let map = |v: RawValue<'a>, what: &str| -> Result<Entries<'a>, RawError> {
+            let mut rest = v.as_bytes_raw();
+            let len = enter_map(&mut rest, what)?;
+            let e = Entries { len, rest };
+            e.check(what)?;
+            Ok(e)
+        };
+        let top = map(whole, "the event")?;
+        let body = top.find(b"body", "the event")?.ok_or_else(|| RawError("the event has no field body".into()))?;
+        let body = map(body, "the event body")?;
+        let data = body.find(b"data", "the event body")?;
+        match (&self.body, data) {
+            (BodyView::Change(c), Some(data)) => {
+                map(data, "the change")?;
+                c.updated_fields_checked()?;
+                c.removed_fields_checked()?;
+            }
+            (BodyView::Socket(_), Some(data)) => {
+                map(data, "the socket event")?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Number of the event in its stream (docs/abi.md §7.1).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Stable identity of the event (a resume token, a file position).
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+
+    /// Name of the source in the host config.
+    pub fn source(&self) -> &'a str {
+        self.source
+    }
+
+    /// When the event happened, ms since the Unix epoch.
+    pub fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+
+    /// What happened.
+    pub fn body(&self) -> BodyView<'a> {
+        self.body
     }
 
     /// The change, if this event is one.
@@ -183,119 +324,232 @@ impl<'a> EventView<'a> {
         self.bytes
     }
 
-    /// The whole event as an owned tree (decodes everything: use it for small
-    /// events or when you need all of it).
+    /// The whole event as an owned tree (decodes and checks everything: use it
+    /// for small events or when you need all of it).
     pub fn to_event(&self) -> Result<Event, RawError> {
         crate::codec::decode(self.bytes).map_err(|e| RawError(e.to_string()))
     }
 }
 
-/// Reads the body map at the front of `rest` and moves past it. The host writes
-/// `kind` before `data`, so `data` is read in place; a writer that puts `data`
-/// first costs one more walk of it.
-fn body_view<'a>(rest: &mut &'a [u8]) -> Result<BodyView<'a>, RawError> {
-    let n = enter_map(rest, "the event body")?;
-    let (mut kind, mut data, mut read) = (None, None, None);
-    for _ in 0..n {
-        let k = next_key(rest, "the event body")?;
-        match (k, kind) {
-            (b"kind", _) => kind = Some(string(next_value(rest)?, "body.kind")?),
-            (b"data", Some("change")) => read = Some(BodyView::Change(change_view(rest)?)),
-            (b"data", Some("socket")) => read = Some(BodyView::Socket(socket_view(rest)?)),
-            (b"data", _) => data = Some(next_value(rest)?),
-            _ => {
-                other_key(k, "the event body")?;
-                next_value(rest)?;
+/// The header as the host lays it out (docs/abi.md §6-7: fields in schema order,
+/// `kind` before `data`), read straight through by comparing the key bytes in
+/// place: most of a no-op call was the general loop's per-key dispatch. `None` at
+/// the first byte that differs; `parse` then reads the event the general way.
+fn parse_host_layout(bytes: &[u8]) -> Option<EventView<'_>> {
+    let mut r = Layout(bytes);
+    r.lit(b"\x85\xa3seq")?;
+    let seq = r.uint()?;
+    r.lit(b"\xa2id")?;
+    let id = r.str()?;
+    r.lit(b"\xa6source")?;
+    let source = r.str()?;
+    r.lit(b"\xa7time_ms")?;
+    let time_ms = r.int()?;
+    r.lit(b"\xa4body\x82\xa4kind")?;
+    let kind = r.str()?;
+    r.lit(b"\xa4data")?;
+    let body = match kind {
+        "change" => {
+            let (len, entries) = r.map()?;
+            r.lit(b"\xa2op")?;
+            let op = r.str()?;
+            r.lit(b"\xa2db")?;
+            let db = r.str()?;
+            r.lit(b"\xa4coll")?;
+            let coll = r.str()?;
+            BodyView::Change(ChangeView { op, db, coll, entries: Entries { len, rest: entries } })
+        }
+        "socket" => {
+            let (len, entries) = r.map()?;
+            r.lit(b"\xa6client")?;
+            let client = r.str()?;
+            r.lit(b"\xa5event")?;
+            let event = r.str()?;
+            BodyView::Socket(SocketView { client, event, entries: Entries { len, rest: entries } })
+        }
+        _ => return None,
+    };
+    Some(EventView { seq, id, source, time_ms, body, bytes })
+}
+
+/// A read position for `parse_host_layout`; every method moves past what it read.
+struct Layout<'a>(&'a [u8]);
+
+impl<'a> Layout<'a> {
+    fn lit(&mut self, expected: &[u8]) -> Option<()> {
+        self.0 = self.0.strip_prefix(expected)?;
+        Some(())
+    }
+
+    /// `n` big-endian bytes after a one-byte marker.
+    fn be(&mut self, n: usize) -> Option<u64> {
+        let b = self.0.get(1..1 + n)?;
+        self.0 = &self.0[1 + n..];
+        Some(b.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        Some(match *self.0.first()? {
+            b @ (0x00..=0x7f | 0xe0..=0xff) => {
+                self.0 = &self.0[1..];
+                i64::from(b as i8)
             }
+            0xcc => self.be(1)? as i64,
+            0xcd => self.be(2)? as i64,
+            0xce => self.be(4)? as i64,
+            0xcf => i64::try_from(self.be(8)?).ok()?,
+            0xd0 => i64::from(self.be(1)? as u8 as i8),
+            0xd1 => i64::from(self.be(2)? as u16 as i16),
+            0xd2 => i64::from(self.be(4)? as u32 as i32),
+            0xd3 => self.be(8)? as i64,
+            _ => return None,
+        })
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        match *self.0.first()? {
+            0xcf => self.be(8),
+            _ => u64::try_from(self.int()?).ok(),
+        }
+    }
+
+    /// A fixstr or str8 of ASCII (what the host writes for header strings); anything
+    /// else through the general reader.
+    fn str(&mut self) -> Option<&'a str> {
+        let (off, len) = match *self.0.first()? {
+            b @ 0xa0..=0xbf => (1, usize::from(b & 0x1f)),
+            0xd9 => (2, usize::from(*self.0.get(1)?)),
+            _ => return next_str(&mut self.0, "").ok(),
+        };
+        let s = self.0.get(off..off + len)?;
+        if !s.is_ascii() {
+            return next_str(&mut self.0, "").ok();
+        }
+        self.0 = &self.0[off + len..];
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(s) })
+    }
+
+    /// A map header: its entry count and where its entries start (not moving past them).
+    fn map(&mut self) -> Option<(usize, &'a [u8])> {
+        let n = enter_map(&mut self.0, "").ok()?;
+        Some((n, self.0))
+    }
+}
+
+impl fmt::Debug for EventView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventView")
+            .field("seq", &self.seq)
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .field("time_ms", &self.time_ms)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+/// Reads the body map at the front of `rest` (not moving past it). The host
+/// writes `kind` before `data`, so `data` is read in place; a writer that puts
+/// `data` first costs one walk of it.
+fn body_view(mut rest: &[u8]) -> Result<BodyView<'_>, RawError> {
+    let n = enter_map(&mut rest, "the event body")?;
+    let (mut kind, mut data) = (None, None);
+    for _ in 0..n {
+        let k = next_key(&mut rest, "the event body")?;
+        match (k, kind) {
+            (b"kind", _) => {
+                kind = Some(next_str(&mut rest, "body.kind")?);
+                if data.is_some() {
+                    break;
+                }
+            }
+            (b"data", Some(kind)) => return data_view(kind, rest),
+            (b"data", None) => data = Some(next_value(&mut rest)?.as_bytes_raw()),
+            _ => skip_value(&mut rest)?,
         }
     }
     let kind = kind.ok_or_else(|| RawError("the event body has no kind".into()))?;
-    if let Some(view) = read {
-        return Ok(view);
+    match data {
+        Some(d) => data_view(kind, d),
+        None if matches!(kind, "change" | "socket") => bad(format!("the {kind} event has no data")),
+        None => Ok(BodyView::Other(kind)),
     }
-    let mut data = match (kind, data) {
-        ("change" | "socket", None) => return bad(format!("the {kind} event has no data")),
-        (_, None) => return Ok(BodyView::Other(kind)),
-        (_, Some(d)) => d.as_bytes_raw(),
-    };
+}
+
+fn data_view<'a>(kind: &'a str, data: &'a [u8]) -> Result<BodyView<'a>, RawError> {
     Ok(match kind {
-        "change" => BodyView::Change(change_view(&mut data)?),
-        "socket" => BodyView::Socket(socket_view(&mut data)?),
+        "change" => BodyView::Change(change_view(data)?),
+        "socket" => BodyView::Socket(socket_view(data)?),
         other => BodyView::Other(other),
     })
 }
 
-fn change_view<'a>(rest: &mut &'a [u8]) -> Result<ChangeView<'a>, RawError> {
-    let n = enter_map(rest, "the change")?;
-    let mut c = ChangeView {
-        op: "",
-        db: "",
-        coll: "",
-        key: RawValue::null(),
-        full_document: None,
-        updated_fields: None,
-        removed_fields: None,
-        before: None,
-    };
+fn change_view(mut rest: &[u8]) -> Result<ChangeView<'_>, RawError> {
+    let len = enter_map(&mut rest, "the change")?;
+    let entries = Entries { len, rest };
     let (mut op, mut db, mut coll) = (None, None, None);
-    for _ in 0..n {
-        let k = next_key(rest, "the change")?;
-        let v = next_value(rest)?;
+    for _ in 0..len {
+        let k = next_key(&mut rest, "the change")?;
         match k {
-            b"op" => op = Some(string(v, "change.op")?),
-            b"db" => db = Some(string(v, "change.db")?),
-            b"coll" => coll = Some(string(v, "change.coll")?),
-            b"key" => c.key = v,
-            b"full_document" => c.full_document = opt(v),
-            b"updated_fields" => {
-                c.updated_fields = match opt(v) {
-                    None => None,
-                    Some(m) => Some(m.as_map().ok_or_else(|| RawError("change.updated_fields is not a map".into()))?),
-                }
-            }
-            b"removed_fields" => {
-                c.removed_fields = match opt(v) {
-                    None => None,
-                    Some(a) => {
-                        Some(a.as_array().ok_or_else(|| RawError("change.removed_fields is not an array".into()))?)
-                    }
-                }
-            }
-            b"before" => c.before = opt(v),
-            _ => other_key(k, "the change")?,
+            b"op" => op = Some(next_str(&mut rest, "change.op")?),
+            b"db" => db = Some(next_str(&mut rest, "change.db")?),
+            b"coll" => coll = Some(next_str(&mut rest, "change.coll")?),
+            _ => skip_value(&mut rest)?,
+        }
+        if op.is_some() && db.is_some() && coll.is_some() {
+            break;
         }
     }
     let missing = |f: &str| RawError(format!("the change has no field {f}"));
-    c.op = op.ok_or_else(|| missing("op"))?;
-    c.db = db.ok_or_else(|| missing("db"))?;
-    c.coll = coll.ok_or_else(|| missing("coll"))?;
-    Ok(c)
+    Ok(ChangeView {
+        op: op.ok_or_else(|| missing("op"))?,
+        db: db.ok_or_else(|| missing("db"))?,
+        coll: coll.ok_or_else(|| missing("coll"))?,
+        entries,
+    })
 }
 
-fn socket_view<'a>(rest: &mut &'a [u8]) -> Result<SocketView<'a>, RawError> {
-    let n = enter_map(rest, "the socket event")?;
-    let (mut client, mut event, mut payload) = (None, None, RawValue::null());
-    for _ in 0..n {
-        let k = next_key(rest, "the socket event")?;
-        let v = next_value(rest)?;
+fn socket_view(mut rest: &[u8]) -> Result<SocketView<'_>, RawError> {
+    let len = enter_map(&mut rest, "the socket event")?;
+    let entries = Entries { len, rest };
+    let (mut client, mut event) = (None, None);
+    for _ in 0..len {
+        let k = next_key(&mut rest, "the socket event")?;
         match k {
-            b"client" => client = Some(string(v, "socket.client")?),
-            b"event" => event = Some(string(v, "socket.event")?),
-            b"payload" => payload = v,
-            _ => other_key(k, "the socket event")?,
+            b"client" => client = Some(next_str(&mut rest, "socket.client")?),
+            b"event" => event = Some(next_str(&mut rest, "socket.event")?),
+            _ => skip_value(&mut rest)?,
+        }
+        if client.is_some() && event.is_some() {
+            break;
         }
     }
     Ok(SocketView {
         client: client.ok_or_else(|| RawError("the socket event has no field client".into()))?,
         event: event.ok_or_else(|| RawError("the socket event has no field event".into()))?,
-        payload,
+        entries,
     })
 }
 
 impl<'a> ChangeView<'a> {
-    /// The operation type (allocates only for a type this SDK does not know).
-    pub fn op(&self) -> OperationType {
+    /// The operation type as the host wrote it (`"insert"`, `"update"`, ...;
+    /// `"snapshot"` for an existing document read by a snapshot or backfill).
+    pub fn op(&self) -> &'a str {
+        self.op
+    }
+
+    /// The operation type as an enum (allocates only for a type this SDK does not know).
+    pub fn operation(&self) -> OperationType {
         OperationType::parse(self.op)
+    }
+
+    pub fn db(&self) -> &'a str {
+        self.db
+    }
+
+    pub fn coll(&self) -> &'a str {
+        self.coll
     }
 
     /// `db.coll`.
@@ -308,15 +562,61 @@ impl<'a> ChangeView<'a> {
         namespace_matches(pattern, self.db, self.coll)
     }
 
+    fn find(&self, key: &[u8]) -> Option<RawValue<'a>> {
+        self.entries.find(key, "the change").ok().flatten()
+    }
+
+    /// The `documentKey`; nil when the event has none.
+    pub fn key(&self) -> RawValue<'a> {
+        self.find(b"key").unwrap_or_else(nil)
+    }
+
+    /// The document after the change, when the change carries it.
+    pub fn full_document(&self) -> Option<RawValue<'a>> {
+        opt(self.find(b"full_document"))
+    }
+
+    /// For updates: the fields the update set, keyed by dotted path.
+    pub fn updated_fields(&self) -> Option<RawMap<'a>> {
+        self.updated_fields_checked().ok().flatten()
+    }
+
+    /// For updates: the dotted paths the update removed.
+    pub fn removed_fields(&self) -> Option<RawArray<'a>> {
+        self.removed_fields_checked().ok().flatten()
+    }
+
+    /// The document before the change (pre-images).
+    pub fn before(&self) -> Option<RawValue<'a>> {
+        opt(self.find(b"before"))
+    }
+
+    fn updated_fields_checked(&self) -> Result<Option<RawMap<'a>>, RawError> {
+        match opt(self.entries.find(b"updated_fields", "the change")?) {
+            None => Ok(None),
+            Some(m) => m.as_map().map(Some).ok_or_else(|| RawError("change.updated_fields is not a map".into())),
+        }
+    }
+
+    fn removed_fields_checked(&self) -> Result<Option<RawArray<'a>>, RawError> {
+        match opt(self.entries.find(b"removed_fields", "the change")?) {
+            None => Ok(None),
+            Some(a) => a.as_array().map(Some).ok_or_else(|| RawError("change.removed_fields is not an array".into())),
+        }
+    }
+
     /// The `_id` of the changed document, from `documentKey`.
     pub fn id(&self) -> Option<RawValue<'a>> {
-        self.key.get_key("_id")
+        self.key().get_key("_id")
     }
 
     /// A field of the document after the change (dotted path): from the full
     /// document when present, else what the update set (as [`Change::field`]).
     pub fn field(&self, path: &str) -> Option<RawValue<'a>> {
-        if let Some(v) = self.full_document.and_then(|d| d.get(path)) {
+        // Found inside the document without measuring it first: a field near the
+        // front of a large document costs little.
+        let doc = self.entries.find_start(b"full_document", "the change").ok().flatten();
+        if let Some(v) = doc.filter(|d| d.first() != Some(&0xc0)).and_then(|d| find_path(d, path)) {
             return Some(v);
         }
         self.updated(path)
@@ -325,7 +625,7 @@ impl<'a> ChangeView<'a> {
     /// A field's new value from `updated_fields` (keys are dotted paths), as
     /// [`Change::updated`].
     pub fn updated(&self, path: &str) -> Option<RawValue<'a>> {
-        let updated = self.updated_fields?;
+        let updated = self.updated_fields()?;
         if let Some(v) = updated.get(path) {
             return Some(v);
         }
@@ -334,25 +634,26 @@ impl<'a> ChangeView<'a> {
 
     /// Whether `removed_fields` lists `path` exactly.
     pub fn removed(&self, path: &str) -> bool {
-        self.removed_fields.is_some_and(|r| r.iter().any(|p| p.as_str() == Some(path)))
+        self.removed_fields().is_some_and(|r| r.iter().any(|p| p.as_str() == Some(path)))
     }
 
     /// The full document as the author's type (serde), e.g. `document_as::<Order>()`.
     /// `None` when the change carries no full document.
     pub fn document_as<T: serde::Deserialize<'a>>(&self) -> Option<Result<T, RawError>> {
-        self.full_document.map(|d| d.deserialize())
+        self.full_document().map(|d| d.deserialize())
     }
 
-    /// The owned [`Change`] (decodes every document).
+    /// The owned [`Change`] (decodes and checks every document).
     pub fn to_change(&self) -> Result<Change, RawError> {
-        let doc = |v: Option<RawValue<'_>>| v.map(|d| d.to_value()).transpose();
+        let find = |k: &[u8]| -> Result<Option<RawValue<'a>>, RawError> { self.entries.find(k, "the change") };
+        let doc = |v: Option<RawValue<'_>>| opt(v).map(|d| d.to_value()).transpose();
         Ok(Change {
-            op: self.op(),
+            op: self.operation(),
             db: self.db.to_string(),
             coll: self.coll.to_string(),
-            key: self.key.to_value()?,
-            full_document: doc(self.full_document)?,
-            updated_fields: match self.updated_fields {
+            key: find(b"key")?.unwrap_or_else(nil).to_value()?,
+            full_document: doc(find(b"full_document")?)?,
+            updated_fields: match self.updated_fields_checked()? {
                 None => None,
                 Some(m) => {
                     let mut out = crate::Map::new();
@@ -362,7 +663,7 @@ impl<'a> ChangeView<'a> {
                     Some(out)
                 }
             },
-            removed_fields: match self.removed_fields {
+            removed_fields: match self.removed_fields_checked()? {
                 None => None,
                 Some(a) => Some(
                     a.iter()
@@ -370,19 +671,60 @@ impl<'a> ChangeView<'a> {
                         .collect::<Result<_, _>>()?,
                 ),
             },
-            before: doc(self.before)?,
+            before: doc(find(b"before")?)?,
         })
     }
 }
 
+impl fmt::Debug for ChangeView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeView")
+            .field("op", &self.op)
+            .field("db", &self.db)
+            .field("coll", &self.coll)
+            .field("key", &self.key())
+            .field("full_document", &self.full_document())
+            .field("updated_fields", &self.updated_fields())
+            .field("removed_fields", &self.removed_fields())
+            .field("before", &self.before())
+            .finish()
+    }
+}
+
 impl<'a> SocketView<'a> {
+    /// The authenticated identity (uuid) of the client that sent it.
+    pub fn client(&self) -> &'a str {
+        self.client
+    }
+
+    /// The Socket.IO event name.
+    pub fn event(&self) -> &'a str {
+        self.event
+    }
+
+    /// The event's argument; nil if it had none.
+    pub fn payload(&self) -> RawValue<'a> {
+        self.entries.find(b"payload", "the socket event").ok().flatten().unwrap_or_else(nil)
+    }
+
     /// The payload as the author's type (serde).
     pub fn payload_as<T: serde::Deserialize<'a>>(&self) -> Result<T, RawError> {
-        self.payload.deserialize()
+        self.payload().deserialize()
     }
 
     pub fn to_socket_event(&self) -> Result<SocketEvent, RawError> {
-        Ok(SocketEvent { client: self.client.to_string(), event: self.event.to_string(), payload: self.payload.to_value()? })
+        let payload = self.entries.find(b"payload", "the socket event")?.unwrap_or_else(nil);
+        Ok(SocketEvent { client: self.client.to_string(), event: self.event.to_string(), payload: payload.to_value()? })
+    }
+}
+
+impl fmt::Debug for SocketView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocketView")
+            .field("client", &self.client)
+            .field("event", &self.event)
+            .field("payload", &self.payload())
+            .finish()
     }
 }
 

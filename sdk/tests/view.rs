@@ -35,12 +35,13 @@ fn order_event() -> Event {
 fn the_header_and_fields_read_in_place() {
     let bytes = codec::encode(&order_event()).unwrap();
     let view = EventView::parse(&bytes).unwrap();
-    assert_eq!((view.seq, view.id, view.source, view.time_ms), (42, "tok-42", "mongo", -1));
+    assert_eq!((view.seq(), view.id(), view.source(), view.time_ms()), (42, "tok-42", "mongo", -1));
     let c = view.change().unwrap();
-    assert_eq!((c.op, c.db, c.coll, c.namespace().as_str()), ("update", "app", "orders", "app.orders"));
+    assert_eq!((c.op(), c.db(), c.coll(), c.namespace().as_str()), ("update", "app", "orders", "app.orders"));
+    assert_eq!(c.operation(), OperationType::Update);
     assert!(c.in_namespace("app.*") && !c.in_namespace("shop.*"));
     assert_eq!(c.id().unwrap().to_key_string(), "65a1f0c2e4b0a1b2c3d4e5f6");
-    let doc = c.full_document.unwrap();
+    let doc = c.full_document().unwrap();
     let status = doc.get("status").unwrap().as_str().unwrap();
     // Borrowed: the &str points into the input bytes.
     let range = bytes.as_ptr_range();
@@ -64,7 +65,7 @@ fn the_view_converts_to_the_owned_event_and_to_the_authors_types() {
     let bytes = codec::encode(&event).unwrap();
     let view = EventView::parse(&bytes).unwrap();
     assert_eq!(view.to_event().unwrap(), event);
-    assert_eq!(view.body.to_body().unwrap(), event.body);
+    assert_eq!(view.body().to_body().unwrap(), event.body);
 
     #[derive(Deserialize, Debug, PartialEq)]
     struct Item<'a> {
@@ -83,7 +84,7 @@ fn the_view_converts_to_the_owned_event_and_to_the_authors_types() {
     assert_eq!(order.status, "paid");
     assert_eq!(order.items, vec![Item { sku: "A1", qty: 2 }, Item { sku: "B2", qty: 1 }]);
     assert_eq!(order.total, json(r#"{"$numberDecimal":"12.50"}"#));
-    let bad: std::result::Result<Item, _> = c.full_document.unwrap().deserialize();
+    let bad: std::result::Result<Item, _> = c.full_document().unwrap().deserialize();
     assert!(bad.is_err(), "an order is not an item");
 }
 
@@ -94,8 +95,8 @@ fn a_socket_event_and_an_unknown_kind_are_read_too() {
     let bytes = codec::encode(&e).unwrap();
     let view = EventView::parse(&bytes).unwrap();
     let s = view.socket().unwrap();
-    assert_eq!((s.client, s.event), ("c1", "ready"));
-    assert_eq!(s.payload.get("n.1").and_then(|v| v.as_i64()), Some(2));
+    assert_eq!((s.client(), s.event()), ("c1", "ready"));
+    assert_eq!(s.payload().get("n.1").and_then(|v| v.as_i64()), Some(2));
 
     let mut raw = Vec::new();
     codec::encode_into(
@@ -104,15 +105,21 @@ fn a_socket_event_and_an_unknown_kind_are_read_too() {
     )
     .unwrap();
     let view = EventView::parse(&raw).unwrap();
-    assert!(matches!(view.body, BodyView::Other("timer")));
+    assert!(matches!(view.body(), BodyView::Other("timer")));
 }
 
 #[test]
 fn a_broken_event_is_an_error_naming_what_is_wrong() {
     let bytes = codec::encode(&order_event()).unwrap();
+    // Cut in the header: `parse` refuses it. Cut further on: the header reads,
+    // and `check` (which walks everything) refuses it.
     for n in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
-        assert!(EventView::parse(&bytes[..n]).is_err(), "cut at {n}");
+        assert!(EventView::parse(&bytes[..n]).and_then(|v| v.check()).is_err(), "cut at {n}");
     }
+    assert!(EventView::parse(&bytes[..10]).is_err());
+    let cut = EventView::parse(&bytes[..bytes.len() - 1]).expect("the header is whole");
+    assert_eq!((cut.seq(), cut.change().unwrap().op()), (42, "update"));
+    assert_eq!(cut.check().unwrap_err().to_string(), "MessagePack container claims more items than its bytes hold");
     let mut no_seq = Vec::new();
     codec::encode_into(&mut no_seq, &json(r#"{"id":"x","source":"s","time_ms":0,"body":{"kind":"x"}}"#)).unwrap();
     assert_eq!(EventView::parse(&no_seq).unwrap_err().to_string(), "the event has no field seq");
@@ -125,28 +132,39 @@ fn a_broken_event_is_an_error_naming_what_is_wrong() {
     assert_eq!(EventView::parse(&bad_op).unwrap_err().to_string(), "event field change.op is not a string");
 }
 
-/// The one-pass reader matches known keys as bytes: an unknown key must still be
-/// UTF-8, a key must be a string, nothing may follow the event, and a writer that
-/// puts the body's `data` before its `kind` is read the same.
+/// `parse` reads the header only and stops once it has it; `check` walks the rest:
+/// an unknown key must be UTF-8, a key must be a string, nothing may follow the
+/// event. A writer that puts the body's `data` before its `kind`, or the body
+/// before the header fields, is read the same.
 #[test]
 fn keys_are_checked_and_field_order_does_not_matter() {
     let good = codec::encode(&order_event()).unwrap();
+    EventView::parse(&good).unwrap().check().expect("what the host writes is well-formed");
     let mut trailing = good.clone();
     trailing.push(0xc0);
-    assert_eq!(EventView::parse(&trailing).unwrap_err().to_string(), "1 bytes after the MessagePack value");
+    let view = EventView::parse(&trailing).expect("the header is whole");
+    assert_eq!(view.check().unwrap_err().to_string(), "1 bytes after the MessagePack value");
     // A sixth top-level key, 0xff as a 1-byte string: not UTF-8.
     let mut bad_key = good.clone();
     bad_key[0] += 1;
     bad_key.extend_from_slice(&[0xa1, 0xff, 0xc0]);
-    assert_eq!(EventView::parse(&bad_key).unwrap_err().to_string(), "the event has a key that is not a UTF-8 string");
+    let view = EventView::parse(&bad_key).expect("the header is whole");
+    assert_eq!(view.check().unwrap_err().to_string(), "the event has a key that is not a UTF-8 string");
     let mut int_key = good.clone();
     int_key[0] += 1;
     int_key.extend_from_slice(&[0x01, 0xc0]);
-    assert_eq!(EventView::parse(&int_key).unwrap_err().to_string(), "the event has a key that is not a UTF-8 string");
+    let view = EventView::parse(&int_key).expect("the header is whole");
+    assert_eq!(view.check().unwrap_err().to_string(), "the event has a key that is not a UTF-8 string");
+    // The body first: the header fields after it are still found.
+    let body_first = json(r#"{"body":{"kind":"change","data":{"key":{"_id":2},"op":"delete","db":"d","coll":"c"}},"time_ms":5,"source":"s","id":"x","seq":3}"#);
+    let bytes = codec::encode(&body_first).unwrap();
+    let view = EventView::parse(&bytes).unwrap();
+    assert_eq!((view.seq(), view.id(), view.source(), view.time_ms()), (3, "x", "s", 5));
+    assert_eq!(view.change().unwrap().id().and_then(|v| v.as_i64()), Some(2));
     let mut unknown = good.clone();
     unknown[0] += 1;
     unknown.extend_from_slice(&[0xa3, b'n', b'e', b'w', 0x91, 0x01]);
-    assert_eq!(EventView::parse(&unknown).unwrap().body.to_body().unwrap(), order_event().body);
+    assert_eq!(EventView::parse(&unknown).unwrap().body().to_body().unwrap(), order_event().body);
     // `data` before `kind`.
     let data_first = json(
         r#"{"seq":1,"id":"x","source":"s","time_ms":0,"body":{"data":{"op":"insert","db":"d","coll":"c","key":{"_id":1}},"kind":"change"}}"#,
@@ -154,8 +172,57 @@ fn keys_are_checked_and_field_order_does_not_matter() {
     let bytes = codec::encode(&data_first).unwrap();
     let view = EventView::parse(&bytes).unwrap();
     let change = view.change().expect("a change");
-    assert_eq!((change.op, change.db, change.coll), ("insert", "d", "c"));
+    assert_eq!((change.op(), change.db(), change.coll()), ("insert", "d", "c"));
     assert_eq!(change.id().and_then(|v| v.as_i64()), Some(1));
+}
+
+/// A document the handler never reads is never walked: a malformed one (here a
+/// map that claims more entries than the event holds) leaves the header readable,
+/// reads as absent through the view, and is named by `check`.
+#[test]
+fn documents_are_read_on_access_not_at_parse() {
+    let mut e = order_event();
+    let EventBody::Change(c) = &mut e.body else { unreachable!() };
+    c.updated_fields = None;
+    c.removed_fields = None;
+    c.full_document = Some(json(r#"{"a":1}"#));
+    let mut bytes = codec::encode(&e).unwrap();
+    // Find {"a": 1} (81 a1 61 01) and make it claim 15 entries.
+    let at = bytes.windows(4).position(|w| w == [0x81, 0xa1, b'a', 0x01]).unwrap();
+    bytes[at] = 0x8f;
+    let view = EventView::parse(&bytes).expect("the header does not depend on the document");
+    let change = view.change().unwrap();
+    assert_eq!((view.seq(), change.op(), change.db()), (42, "update", "app"));
+    assert_eq!(change.id().unwrap().to_key_string(), "65a1f0c2e4b0a1b2c3d4e5f6", "fields before the document still read");
+    assert!(change.full_document().is_none(), "the whole document is not well-formed");
+    // A field is found without measuring the document: what lies before the
+    // damage reads, a search that runs into it finds nothing.
+    assert_eq!(change.field("a").and_then(|v| v.as_i64()), Some(1));
+    assert!(change.field("zz").is_none());
+    assert!(view.check().is_err() && view.to_event().is_err() && change.to_change().is_err());
+}
+
+/// The host's layout read straight through agrees with the owned decode for the
+/// widths the host writes: a fixed-width uint64 `seq` (the MongoDB source's), a
+/// str8 `id` (a resume token), a negative `time_ms`.
+#[test]
+fn the_host_layout_reads_every_width_the_host_writes() {
+    let mut e = order_event();
+    e.id = "8265A1F0C2000000012B022C0100296E5A1004".repeat(3);
+    let plain = codec::encode(&e).unwrap();
+    // seq 42 as a fixint after 85 a3 "seq": rewrite it as a uint64, as the MongoDB source does.
+    assert_eq!(&plain[..6], &[0x85, 0xa3, b's', b'e', b'q', 42]);
+    let mut wide = plain[..5].to_vec();
+    wide.push(0xcf);
+    wide.extend_from_slice(&42u64.to_be_bytes());
+    wide.extend_from_slice(&plain[6..]);
+    for bytes in [&plain, &wide] {
+        let view = EventView::parse(bytes).unwrap();
+        assert_eq!((view.seq(), view.id(), view.source(), view.time_ms()), (42, e.id.as_str(), "mongo", -1));
+        assert_eq!(view.to_event().unwrap(), e);
+        assert_eq!(view.body().to_body().unwrap(), e.body);
+        view.check().unwrap();
+    }
 }
 
 #[test]

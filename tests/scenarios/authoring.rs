@@ -104,7 +104,7 @@ fn a_scaffolded_rust_plugin_builds_outside_the_repository_and_passes_its_own_tes
     assert_eq!(out.status.code(), Some(0), "the project passes its own test as written:\n{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 event(s): 5 as expected, 0 mismatch(es)"), "{}", text(&out));
 
-    edit(&project.join("src/lib.rs"), "format!(\"order {order}: {}\", change.op)", "format!(\"order {order} (v2): {}\", change.op)");
+    edit(&project.join("src/lib.rs"), "format!(\"order {order}: {}\", change.op())", "format!(\"order {order} (v2): {}\", change.op())");
     must(&project, &cargo, &build, &env);
     assert_change_is_caught_then_accepted(&project, &wasm, "order-audit");
 

@@ -62,12 +62,12 @@ impl Plugin for Hello {
         let order = change.id().map(|id| id.to_key_string()).unwrap_or_else(|| "?".into());
 
         if became(change, &self.paid_status) {
-            let record = Paid { order, total: change.field("total"), status: &self.paid_status, at_ms: event.time_ms };
+            let record = Paid { order, total: change.field("total"), status: &self.paid_status, at_ms: event.time_ms() };
             // The host keys audit records by event id: a replayed event is not recorded twice.
             Ok(vec![Effect::audit(&record)?])
         } else {
             let status = change.field("status").map(|s| s.to_key_string()).unwrap_or_else(|| "unchanged".into());
-            Ok(vec![Effect::log(LogLevel::Debug, format!("order {order}: {} (status {status})", change.op))])
+            Ok(vec![Effect::log(LogLevel::Debug, format!("order {order}: {} (status {status})", change.op()))])
         }
     }
 }
@@ -76,12 +76,12 @@ oplet_sdk::export_plugin!(Hello);
 
 /// Whether this change is the one that set the order's status to `wanted`.
 fn became(change: &ChangeView, wanted: &str) -> bool {
-    let status = match change.op {
+    let status = match change.op() {
         // A new or replaced order: its document says it all.
-        "insert" | "replace" => change.full_document.and_then(|d| d.get_key("status")),
+        "insert" | "replace" => change.full_document().and_then(|d| d.get_key("status")),
         // An update: only if the update itself set the status (an update of some
         // other field of an order paid long ago must not audit it again).
-        "update" => change.updated_fields.and_then(|u| u.get("status")),
+        "update" => change.updated_fields().and_then(|u| u.get("status")),
         _ => None,
     };
     status.and_then(|s| s.as_str()) == Some(wanted)

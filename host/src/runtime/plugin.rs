@@ -48,6 +48,8 @@ pub enum LoadError {
     Start(CallError),
     #[error("oplet_abi_version failed: {0}")]
     Probe(CallError),
+    #[error("oplet_abi_features failed: {0}")]
+    Features(CallError),
     #[error("oplet_init failed: {0}")]
     Init(CallError),
     #[error("cannot instantiate: {0}")]
@@ -91,6 +93,8 @@ pub struct PluginCode {
     limits: Limits,
     config: Vec<u8>,
     has_init: bool,
+    /// Whether the module exports `oplet_abi_features` (probed per instance).
+    has_features: bool,
     clock: Arc<Clock>,
     log: Arc<LogBudget>,
     footprint: super::inspect::Footprint,
@@ -129,6 +133,7 @@ impl PluginCode {
             .instantiate_pre(&module)
             .map_err(|e| LoadError::Instantiate(one_line(&format!("{e:#}"))))?;
         let has_init = module.get_export("oplet_init").is_some();
+        let has_features = module.get_export("oplet_abi_features").is_some();
         let config = codec::encode(config).map_err(|e| LoadError::Instantiate(format!("cannot encode config: {e}")))?;
         let code = PluginCode {
             name: name.into(),
@@ -136,6 +141,7 @@ impl PluginCode {
             limits,
             config,
             has_init,
+            has_features,
             clock: runtime.clock.clone(),
             log: Arc::new(LogBudget::new(name.into(), limits.log_bytes_per_s)),
             footprint,
@@ -167,7 +173,7 @@ impl PluginCode {
     /// A fresh instance: instantiated, ABI version checked, `oplet_init` run.
     pub fn new_instance(&self) -> Result<Instance, CallError> {
         self.instantiate().map_err(|e| match e {
-            LoadErrorOrCall::Load(LoadError::Start(c) | LoadError::Probe(c)) => c,
+            LoadErrorOrCall::Load(LoadError::Start(c) | LoadError::Probe(c) | LoadError::Features(c)) => c,
             LoadErrorOrCall::Load(l) => CallError::Instantiate(l.to_string()),
             LoadErrorOrCall::Call(c) => c,
         })
@@ -199,6 +205,11 @@ impl PluginCode {
             .map_err(|_| get("oplet_abi_version"))?;
         let alloc = instance.get_typed_func(&mut store, "oplet_alloc").map_err(|_| get("oplet_alloc"))?;
         let handle = instance.get_typed_func(&mut store, "oplet_handle").map_err(|_| get("oplet_handle"))?;
+        let features: Option<TypedFunc<(), u32>> = if self.has_features {
+            Some(instance.get_typed_func(&mut store, "oplet_abi_features").map_err(|_| get("oplet_abi_features"))?)
+        } else {
+            None
+        };
         let init = if self.has_init {
             Some(instance.get_typed_func(&mut store, "oplet_init").map_err(|_| get("oplet_init"))?)
         } else {
@@ -211,7 +222,28 @@ impl PluginCode {
         if found != ABI_VERSION {
             return Err(LoadErrorOrCall::Load(LoadError::AbiVersion { found, expected: ABI_VERSION }));
         }
-        let mut inst = Instance { store, memory, alloc, handle, init, limits: self.limits, clock: self.clock.clone() };
+        // Optional features (docs/abi.md §2.1); bits this host does not know are ignored.
+        let features = match features {
+            None => 0,
+            Some(f) => {
+                store.set_epoch_deadline(ticks(self.limits.time_ms));
+                let bits = f.call(&mut store, ()).map_err(|e| LoadError::Features(classify(&store, e, self.limits)));
+                self.log.report(LOG_REPORT_EVERY);
+                bits?
+            }
+        };
+        let reuse_input = features & oplet_sdk::FEATURE_INPUT_REUSE != 0;
+        let mut inst = Instance {
+            store,
+            memory,
+            alloc,
+            handle,
+            init,
+            limits: self.limits,
+            clock: self.clock.clone(),
+            reuse_input,
+            input: None,
+        };
         if inst.init.is_some() {
             match inst.call(Export::Init, &self.config).map_err(LoadErrorOrCall::Call)? {
                 WireReply::Err { message } => {
@@ -272,22 +304,12 @@ fn decode_reply(bytes: &[u8]) -> Result<WireReply, CallError> {
     Ok(reply)
 }
 
-/// The common reply, `{"status": "ok", "effects": [...]}`, read in place: serde's
-/// internally tagged enums buffer the whole map first, which cost more than the
-/// rest of a no-op call. Anything else (an error, a malformed reply) is left to the
-/// full decoder, which also words the errors.
+/// The common reply, `{"status": "ok", "effects": [...]}`, read in place by the
+/// SDK in one pass (`oplet_sdk::read_ok_reply`): serde's tagged enums buffer every
+/// map first, which cost more than the rest of a no-op call. Anything else (an
+/// error, a malformed reply) is left to the full decoder, which also words the errors.
 fn decode_ok_reply(bytes: &[u8]) -> Option<WireReply> {
-    let map = oplet_sdk::RawValue::parse(bytes).ok()?.as_map()?;
-    if map.get("status")?.as_str()? != "ok" {
-        return None;
-    }
-    let effects = match map.get("effects") {
-        None => None,
-        Some(v) if v.is_null() => None,
-        Some(v) if v.as_array()?.is_empty() => Some(Vec::new()),
-        Some(v) => Some(rmp_serde::from_slice::<Vec<Effect>>(v.as_bytes_raw()).ok()?),
-    };
-    Some(WireReply::Ok { effects })
+    oplet_sdk::read_ok_reply(bytes).map(|effects| WireReply::Ok { effects })
 }
 
 enum LoadErrorOrCall {
@@ -318,6 +340,11 @@ pub struct Instance {
     init: Option<TypedFunc<(u32, u32), u64>>,
     limits: Limits,
     clock: Arc<Clock>,
+    /// The module declared `FEATURE_INPUT_REUSE`: the buffer of its last
+    /// `oplet_alloc` takes any input up to that call's length.
+    reuse_input: bool,
+    /// That buffer (pointer, length asked for), once `oplet_alloc` has run.
+    input: Option<(u32, u32)>,
 }
 
 impl Instance {
@@ -353,13 +380,21 @@ impl Instance {
         self.store.set_epoch_deadline(ticks(self.limits.time_ms));
         self.store.data_mut().last_error = None;
         let len = u32::try_from(input.len()).map_err(|_| CallError::BadReply("event larger than 4 GiB".into()))?;
-        let ptr = self.alloc.call(&mut self.store, len).map_err(|e| {
-            let err = classify(&self.store, e, self.limits);
-            match err {
-                CallError::Trap(msg) => CallError::Trap(format!("in oplet_alloc({len}): {msg}")),
-                other => other,
+        let ptr = match self.input {
+            // The guest keeps this buffer for inputs up to its length: no call.
+            Some((ptr, cap)) if self.reuse_input && len <= cap => ptr,
+            _ => {
+                let ptr = self.alloc.call(&mut self.store, len).map_err(|e| {
+                    let err = classify(&self.store, e, self.limits);
+                    match err {
+                        CallError::Trap(msg) => CallError::Trap(format!("in oplet_alloc({len}): {msg}")),
+                        other => other,
+                    }
+                })?;
+                self.input = Some((ptr, len));
+                ptr
             }
-        })?;
+        };
         let dst = self
             .memory
             .data_mut(&mut self.store)
@@ -451,6 +486,7 @@ fn check_interface(module: &Module) -> Result<(), LoadError> {
     func("oplet_alloc", &[I32], &[I32], "(func (param i32) (result i32))", true)?;
     func("oplet_handle", &[I32, I32], &[I64], "(func (param i32 i32) (result i64))", true)?;
     func("oplet_init", &[I32, I32], &[I64], "(func (param i32 i32) (result i64))", false)?;
+    func("oplet_abi_features", &[], &[I32], "(func (result i32))", false)?;
     Ok(())
 }
 
@@ -458,6 +494,7 @@ fn check_interface(module: &Module) -> Result<(), LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Runtime;
     use oplet_sdk::Reply;
 
     fn full_decoder(bytes: &[u8]) -> Option<Vec<Effect>> {
@@ -467,9 +504,80 @@ mod tests {
         }
     }
 
+    /// A module whose `oplet_alloc` traps when asked for no more than it last
+    /// handed out: with `oplet_abi_features` = 1 the host must reuse that buffer
+    /// (one call per event), and call `oplet_alloc` again only for a larger input;
+    /// without the export (a v1 module) the host calls it every time, so the same
+    /// module traps on the second event.
+    fn reuse_module(features: bool) -> Vec<u8> {
+        let export = if features { r#"(func (export "oplet_abi_features") (result i32) (i32.const 1))"# } else { "" };
+        wat::parse_str(format!(
+            r#"(module
+              (memory (export "memory") 1)
+              (global $cap (mut i32) (i32.const 0))
+              {export}
+              (func (export "oplet_abi_version") (result i32) (i32.const 1))
+              (func (export "oplet_alloc") (param $len i32) (result i32)
+                (if (i32.le_u (local.get $len) (global.get $cap)) (then unreachable))
+                (global.set $cap (local.get $len))
+                (i32.const 1024))
+              (func (export "oplet_handle") (param $ptr i32) (param $len i32) (result i64)
+                (if (i32.ne (local.get $ptr) (i32.const 1024)) (then unreachable))
+                (if (i32.gt_u (local.get $len) (global.get $cap)) (then unreachable))
+                (i64.const 0x0000001000000014))
+              (data (i32.const 16) "\82\a6status\a2ok\a7effects\90"))"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_module_declaring_input_reuse_gets_one_call_per_event_and_a_v1_module_two() {
+        let runtime = Runtime::new(None).unwrap();
+        let load = |features| PluginCode::load(&runtime, "reuse", &reuse_module(features), Limits::default(), &Value::Null).unwrap();
+        let code = load(true);
+        let mut inst = code.new_instance().unwrap();
+        for len in [100, 50, 100, 200, 150, 201, 1] {
+            assert_eq!(inst.handle(&vec![0xc0; len]).unwrap(), vec![], "input of {len} bytes");
+        }
+        let code = load(false);
+        let mut inst = code.new_instance().unwrap();
+        inst.handle(&[0xc0; 100]).unwrap();
+        let err = inst.handle(&[0xc0; 50]).unwrap_err();
+        assert!(matches!(&err, CallError::Trap(m) if m.starts_with("in oplet_alloc(50)")), "{err}");
+        // A mistyped export refuses the module at load.
+        let bad = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+              (func (export "oplet_abi_version") (result i32) (i32.const 1))
+              (func (export "oplet_abi_features") (result i64) (i64.const 1))
+              (func (export "oplet_alloc") (param i32) (result i32) (i32.const 0))
+              (func (export "oplet_handle") (param i32 i32) (result i64) (i64.const 0)))"#,
+        )
+        .unwrap();
+        let err = PluginCode::load(&runtime, "bad", &bad, Limits::default(), &Value::Null).err().unwrap().to_string();
+        assert!(err.starts_with("export `oplet_abi_features` has the wrong type: expected (func (result i32))"), "{err}");
+        // A probe that traps refuses the module at load, naming the export.
+        let trapping = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+              (func (export "oplet_abi_version") (result i32) (i32.const 1))
+              (func (export "oplet_abi_features") (result i32) unreachable)
+              (func (export "oplet_alloc") (param i32) (result i32) (i32.const 0))
+              (func (export "oplet_handle") (param i32 i32) (result i64) (i64.const 0)))"#,
+        )
+        .unwrap();
+        let err = PluginCode::load(&runtime, "trapping", &trapping, Limits::default(), &Value::Null).err().unwrap().to_string();
+        assert!(err.starts_with("oplet_abi_features failed: trap:"), "{err}");
+    }
+
     #[test]
     fn the_in_place_ok_reply_reads_as_the_full_decoder_does() {
-        let effects = vec![Effect::cache_delete(["client:1", "client:2"]), Effect::Audit { record: Value::from("x") }];
+        let effects = vec![
+            Effect::cache_delete(["client:1", "client:2"]),
+            Effect::Audit { record: Value::from("x") },
+            Effect::log(oplet_sdk::LogLevel::Warn, "w"),
+            Effect::Audit { record: Value::Map([("a".to_string(), Value::Array(vec![Value::Int(-1), Value::Null]))].into()) },
+            Effect::cache_delete(Vec::<String>::new()),
+            Effect::RowDelete { table: "t".into(), key: [("id".to_string(), Value::Int(1))].into() },
+        ];
         let replies = [
             codec::encode(&Reply::Ok { effects: vec![] }).unwrap(),
             codec::encode(&Reply::Ok { effects: effects.clone() }).unwrap(),
@@ -492,5 +600,30 @@ mod tests {
         let bad = codec::encode(&Value::Map([("status".to_string(), Value::from("ok")), ("effects".to_string(), Value::Array(vec![Value::Int(3)]))].into())).unwrap();
         assert!(decode_ok_reply(&bad).is_none());
         assert!(matches!(decode_reply(&bad), Err(CallError::BadReply(_))));
+        // Effects the in-place reader does not take (odd shapes) are read by serde,
+        // and agree; those serde refuses are refused.
+        let effect = |kind: &str, data: Value| Value::Map([("kind".to_string(), Value::from(kind)), ("data".to_string(), data)].into());
+        let reply = |e: Value| codec::encode(&Value::Map([("status".to_string(), Value::from("ok")), ("effects".to_string(), Value::Array(vec![e]))].into())).unwrap();
+        let data = |pairs: Vec<(&str, Value)>| Value::Map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+        let odd = [
+            effect("cache_delete", data(vec![("keys", Value::from(vec!["a"])), ("extra", Value::Int(1))])),
+            effect("log", data(vec![("level", Value::from("info")), ("message", Value::from("m")), ("more", Value::Null)])),
+        ];
+        for e in odd {
+            let bytes = reply(e);
+            let Some(WireReply::Ok { effects: fast }) = decode_ok_reply(&bytes) else { panic!("read in place") };
+            assert_eq!(fast, full_decoder(&bytes));
+        }
+        let refused = [
+            effect("cache_delete", data(vec![("keys", Value::Array(vec![Value::from("a"), Value::Int(2)]))])),
+            effect("log", data(vec![("level", Value::from("loud")), ("message", Value::from("m"))])),
+            effect("audit", data(vec![])),
+            effect("teleport", data(vec![])),
+        ];
+        for e in refused {
+            let bytes = reply(e.clone());
+            assert!(decode_ok_reply(&bytes).is_none(), "{e:?}");
+            assert!(matches!(decode_reply(&bytes), Err(CallError::BadReply(_))), "{e:?}");
+        }
     }
 }

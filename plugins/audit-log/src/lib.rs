@@ -48,7 +48,7 @@ impl Plugin for AuditLog {
 
     fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
         let Some(change) = event.change() else { return Ok(vec![]) };
-        if change.op == "snapshot" && !self.config.snapshots {
+        if change.op() == "snapshot" && !self.config.snapshots {
             return Ok(vec![]);
         }
         let ns = &self.config.namespaces;
@@ -56,13 +56,13 @@ impl Plugin for AuditLog {
             return Ok(vec![]);
         }
         let record = Record {
-            time_ms: event.time_ms,
+            time_ms: event.time_ms(),
             ns: change.namespace(),
-            op: change.op,
-            key: change.key,
+            op: change.op(),
+            key: change.key(),
             changed_fields: changed_fields(change),
             actor: change.field(&self.config.actor_field),
-            event_id: event.id,
+            event_id: event.id(),
         };
         Ok(vec![Effect::audit(&record)?])
     }
@@ -83,11 +83,11 @@ struct Record<'a> {
 /// The fields an update set or removed, or the top-level fields of an inserted or
 /// replacing document; null when the change does not say.
 fn changed_fields<'a>(change: &ChangeView<'a>) -> Option<Vec<&'a str>> {
-    match change.op {
-        "insert" | "replace" | "snapshot" => Some(change.full_document?.as_map()?.keys().collect()),
-        _ if change.updated_fields.is_some() || change.removed_fields.is_some() => {
-            let set = change.updated_fields.into_iter().flat_map(|u| u.keys());
-            let removed = change.removed_fields.into_iter().flatten().filter_map(|r| r.as_str());
+    match change.op() {
+        "insert" | "replace" | "snapshot" => Some(change.full_document()?.as_map()?.keys().collect()),
+        _ if change.updated_fields().is_some() || change.removed_fields().is_some() => {
+            let set = change.updated_fields().into_iter().flat_map(|u| u.keys());
+            let removed = change.removed_fields().into_iter().flatten().filter_map(|r| r.as_str());
             Some(set.chain(removed).collect())
         }
         _ => None,

@@ -81,9 +81,9 @@ impl Plugin for CacheInvalidate {
                         message: format!(
                             "cache-invalidate: skipped key template {:?} for {} {} (event {}): field {field:?} is not in the change{}",
                             template.text,
-                            change.op,
+                            change.op(),
                             change.namespace(),
-                            event.id,
+                            event.id(),
                             hint(change),
                         ),
                     }),
@@ -100,9 +100,9 @@ impl Plugin for CacheInvalidate {
 }
 
 fn hint(change: &ChangeView) -> &'static str {
-    match (change.op, &change.full_document) {
+    match (change.op(), &change.full_document()) {
         ("update", None) => " (no full document: set fullDocument \"updateLookup\" on the watch)",
-        ("delete", _) if change.before.is_none() => " (a delete carries only _id unless pre-images are enabled)",
+        ("delete", _) if change.before().is_none() => " (a delete carries only _id unless pre-images are enabled)",
         _ => "",
     }
 }
@@ -130,7 +130,7 @@ impl Rule {
     }
 
     pub fn applies_to(&self, change: &ChangeView) -> bool {
-        change.in_namespace(&self.namespace) && (self.operations.is_empty() || self.operations.iter().any(|o| o == change.op))
+        change.in_namespace(&self.namespace) && (self.operations.is_empty() || self.operations.iter().any(|o| o == change.op()))
     }
 }
 
@@ -185,7 +185,7 @@ fn lookup<'a>(change: &ChangeView<'a>, field: &str) -> Option<RawValue<'a>> {
     let found = if field == "_id" {
         change.id()
     } else {
-        change.field(field).or_else(|| change.before.and_then(|b| b.get(field)))
+        change.field(field).or_else(|| change.before().and_then(|b| b.get(field)))
     };
     found.filter(|v| !v.is_null())
 }

@@ -73,16 +73,16 @@ impl Plugin for ClientStart {
     fn handle(&mut self, event: &EventView) -> Result<Vec<Effect>> {
         let Some(change) = event.change() else { return Ok(vec![]) };
         let config = &self.config;
-        if matches!(change.op, "drop" | "dropDatabase" | "rename" | "invalidate") {
+        if matches!(change.op(), "drop" | "dropDatabase" | "rename" | "invalidate") {
             self.seen.clear();
             return Ok(vec![]);
         }
         // Exactly this collection (no patterns), compared without building "db.coll".
-        if config.namespace.split_once('.') != Some((change.db, change.coll)) {
+        if config.namespace.split_once('.') != Some((change.db(), change.coll())) {
             return Ok(vec![]);
         }
-        let doc_key = change.key.to_value()?.to_json();
-        if change.op == "delete" {
+        let doc_key = change.key().to_value()?.to_json();
+        if change.op() == "delete" {
             self.seen.remove(&doc_key);
             return Ok(vec![]);
         }
@@ -107,10 +107,10 @@ impl Plugin for ClientStart {
                 message: format!(
                     "client-start: {} of {} {} (event {}) turned {:?} true, but field {:?} naming the client is not in \
                      the change and was not seen before; no {:?} sent (enable fullDocument \"updateLookup\")",
-                    change.op,
+                    change.op(),
                     change.namespace(),
-                    change.key.to_value()?.to_json(),
-                    event.id,
+                    change.key().to_value()?.to_json(),
+                    event.id(),
                     config.flag_field,
                     config.client_field,
                     config.event,
@@ -129,7 +129,7 @@ impl Plugin for ClientStart {
 /// and an unknown one counts as off: after the instance is replaced, a flag that
 /// is still on fires once more (at-least-once).
 fn fires(change: &ChangeView, flag_field: &str, now: Option<bool>, last_seen: Option<bool>) -> bool {
-    if change.op == "insert" {
+    if change.op() == "insert" {
         return now == Some(true);
     }
     if let Some(set) = change.updated(flag_field) {
@@ -144,12 +144,12 @@ fn flag_now(change: &ChangeView, flag_field: &str) -> Option<bool> {
         return Some(v.is_truthy());
     }
     // A full document without the flag means the flag is off.
-    (change.removed(flag_field) || change.full_document.is_some()).then_some(false)
+    (change.removed(flag_field) || change.full_document().is_some()).then_some(false)
 }
 
 /// A field after the change: from the full document, else the updated fields.
 fn field<'a>(change: &ChangeView<'a>, path: &str) -> Option<RawValue<'a>> {
-    match change.full_document {
+    match change.full_document() {
         Some(doc) => doc.get(path),
         None => change.updated(path),
     }

@@ -78,14 +78,14 @@ impl Plugin for PgSync {
         let Some(id) = change.id().filter(|v| !v.is_null()) else {
             return Ok(vec![warn(format!(
                 "pg-sync: {} {} (event {}) has no documentKey._id; nothing written",
-                change.op,
+                change.op(),
                 change.namespace(),
-                event.id
+                event.id()
             ))]);
         };
         let id = Value::String(id.to_key_string());
         let mut effects = Vec::new();
-        match (change.op, change.full_document) {
+        match (change.op(), change.full_document()) {
             ("insert" | "update" | "replace" | "snapshot", Some(doc)) => {
                 // The document is turned into an owned value once, whatever the
                 // number of tables, and moved into the last row that takes it: it
@@ -122,7 +122,7 @@ impl Plugin for PgSync {
                      \"updateLookup\" on the watch",
                     change.namespace(),
                     id.to_key_string(),
-                    event.id
+                    event.id()
                 )));
             }
             ("delete", _) => {
@@ -132,7 +132,7 @@ impl Plugin for PgSync {
                 "pg-sync: {op} of {} {} (event {}) came without a document; nothing written",
                 change.namespace(),
                 id.to_key_string(),
-                event.id
+                event.id()
             ))),
             _ => {}
         }
@@ -199,7 +199,7 @@ impl Table {
 /// Whether `removedFields` lists the path or one of its parents.
 fn was_removed(change: &ChangeView, path: &str) -> bool {
     change
-        .removed_fields
+        .removed_fields()
         .into_iter()
         .flatten()
         .filter_map(|r| r.as_str())

@@ -58,7 +58,8 @@ fn with_exports(item: TokenStream, exports: String) -> TokenStream {
 
 /// Marks `fn(&Event) -> oplet_sdk::Result<Vec<Effect>>` (the event decoded whole)
 /// or `fn(&EventView) -> ...` (read lazily in place) as the plugin's handler and
-/// generates the `oplet_abi_version`, `oplet_alloc` and `oplet_handle` exports.
+/// generates the `oplet_abi_version`, `oplet_abi_features`, `oplet_alloc` and
+/// `oplet_handle` exports.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -80,6 +81,8 @@ pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
         const _: () = {{
             #[unsafe(no_mangle)]
             pub extern "C" fn oplet_abi_version() -> u32 {{ ::oplet_sdk::ABI_VERSION }}
+            #[unsafe(no_mangle)]
+            pub extern "C" fn oplet_abi_features() -> u32 {{ ::oplet_sdk::ABI_FEATURES }}
             #[unsafe(no_mangle)]
             pub extern "C" fn oplet_alloc(len: u32) -> u32 {{ ::oplet_sdk::guest::alloc(len) }}
             #[unsafe(no_mangle)]

@@ -47,7 +47,7 @@ impl Plugin for {{type}} {
 
         // A line in the host's log, naming this plugin and the event: it needs no
         // capability and no service, so it shows the plugin at work on any host.
-        let mut effects = vec![Effect::log_info(format!("order {order}: {}", change.op))];
+        let mut effects = vec![Effect::log_info(format!("order {order}: {}", change.op()))];
         // On a host with `[redis]`, drop the order's cached copy too: ask for it in
         // the manifest (`cache_prefixes = ["order:"]`) and have the host grant it.
         // Without `[redis]` the host dead-letters cache deletes.
@@ -66,9 +66,9 @@ oplet_sdk::export_plugin!({{type}});
 /// or replaced order that says so, or an update that set it (an update of another
 /// field of an order paid long ago must not audit it again).
 fn became_paid(change: &ChangeView, paid: &str) -> bool {
-    let status = match change.op {
-        "insert" | "replace" => change.full_document.and_then(|d| d.get_key("status")),
-        "update" => change.updated_fields.and_then(|u| u.get("status")),
+    let status = match change.op() {
+        "insert" | "replace" => change.full_document().and_then(|d| d.get_key("status")),
+        "update" => change.updated_fields().and_then(|u| u.get("status")),
         _ => None,
     };
     status.and_then(|s| s.as_str()) == Some(paid)

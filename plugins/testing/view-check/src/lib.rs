@@ -26,7 +26,7 @@ pub struct Report<'a> {
 }
 
 pub fn check<'a>(view: &EventView<'a>) -> Report<'a> {
-    let mut r = Report { seq: view.seq, agree: true, nodes: 0, mismatches: vec![], doc: None };
+    let mut r = Report { seq: view.seq(), agree: true, nodes: 0, mismatches: vec![], doc: None };
     let owned: Event = match codec::decode(view.bytes()) {
         Ok(e) => e,
         Err(e) => {
@@ -34,30 +34,33 @@ pub fn check<'a>(view: &EventView<'a>) -> Report<'a> {
             return r;
         }
     };
-    if (owned.seq, owned.id.as_str(), owned.source.as_str(), owned.time_ms) != (view.seq, view.id, view.source, view.time_ms) {
+    if (owned.seq, owned.id.as_str(), owned.source.as_str(), owned.time_ms) != (view.seq(), view.id(), view.source(), view.time_ms()) {
         r.fail("header differs".into());
     }
-    match view.body.to_body() {
+    if let Err(e) = view.check() {
+        r.fail(format!("check() refused the event: {e}"));
+    }
+    match view.body().to_body() {
         Ok(b) if same_body(&b, &owned.body) => {}
         Ok(_) => r.fail("body.to_body() differs from the owned body".into()),
         Err(e) => r.fail(format!("view body failed: {e}")),
     }
-    match (&view.body, &owned.body) {
+    match (&view.body(), &owned.body) {
         (BodyView::Change(c), EventBody::Change(o)) => {
-            if c.op() != o.op || c.db != o.db || c.coll != o.coll {
+            if c.operation() != o.op || c.db() != o.db || c.coll() != o.coll {
                 r.fail("change header differs".into());
             }
-            r.walk("key", c.key, &o.key);
-            if let (Some(v), Some(w)) = (c.full_document, &o.full_document) {
+            r.walk("key", c.key(), &o.key);
+            if let (Some(v), Some(w)) = (c.full_document(), &o.full_document) {
                 r.walk("full_document", v, w);
                 r.doc = Some(v);
-            } else if c.full_document.is_some() != o.full_document.is_some() {
+            } else if c.full_document().is_some() != o.full_document.is_some() {
                 r.fail("full_document presence differs".into());
             }
-            if let (Some(v), Some(w)) = (c.before, &o.before) {
+            if let (Some(v), Some(w)) = (c.before(), &o.before) {
                 r.walk("before", v, w);
             }
-            if let (Some(u), Some(w)) = (c.updated_fields, &o.updated_fields) {
+            if let (Some(u), Some(w)) = (c.updated_fields(), &o.updated_fields) {
                 for (k, x) in w {
                     match u.get(k) {
                         Some(v) => r.walk(&format!("updated_fields[{k:?}]"), v, x),
@@ -76,11 +79,11 @@ pub fn check<'a>(view: &EventView<'a>) -> Report<'a> {
             }
         }
         (BodyView::Socket(s), EventBody::Socket(o)) => {
-            if s.client != o.client || s.event != o.event {
+            if s.client() != o.client || s.event() != o.event {
                 r.fail("socket header differs".into());
             }
-            r.walk("payload", s.payload, &o.payload);
-            r.doc = Some(s.payload);
+            r.walk("payload", s.payload(), &o.payload);
+            r.doc = Some(s.payload());
         }
         (BodyView::Other(_), EventBody::Other) => {}
         _ => r.fail("body kinds differ".into()),
