@@ -118,7 +118,7 @@ pub async fn run(
                 }
                 break;
             }
-            let asked = Instant::now();
+            let mut asked = Instant::now();
             // A change already in the driver's batch is ready at the first poll: it
             // joins `pending`, and the batch is handed on when the next read would
             // wait for the server (or is full), so the router is woken once per
@@ -130,8 +130,12 @@ pub async fn run(
                 match first {
                     std::task::Poll::Ready(r) => r,
                     std::task::Poll::Pending => {
-                        if !pending.is_empty() && !feed.send_batch(&mut pending).await {
-                            return Ok(Ended::Stopped);
+                        if !pending.is_empty() {
+                            if !feed.send_batch(&mut pending).await {
+                                return Ok(Ended::Stopped);
+                            }
+                            // The server's answer time (for the idle pause) starts now.
+                            asked = Instant::now();
                         }
                         tokio::select! {
                             r = read => r,
