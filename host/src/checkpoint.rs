@@ -135,29 +135,24 @@ impl Tracker {
     fn done(&self, seq: u64, position: Option<Mark>) {
         let mut st = self.state.lock().expect("tracker lock");
         st.completed += 1;
+        // The watermark passes an event done in order (the usual case) without the
+        // map, then any done after it that waited there.
         let mut moved = false;
-        if seq == st.next {
-            // In order (the usual case): the watermark moves past it without the map.
-            if position.is_some() {
-                st.position = position;
+        let mut passing = if seq == st.next {
+            Some(position)
+        } else {
+            st.done.insert(seq, position);
+            None
+        };
+        while let Some(p) = passing.take().or_else(|| {
+            let next = st.next;
+            st.done.remove(&next)
+        }) {
+            if p.is_some() {
+                st.position = p;
                 moved = true;
             }
             st.next += 1;
-        } else {
-            st.done.insert(seq, position);
-        }
-        loop {
-            let next = st.next;
-            match st.done.remove(&next) {
-                Some(p) => {
-                    if p.is_some() {
-                        st.position = p;
-                        moved = true;
-                    }
-                    st.next += 1;
-                }
-                None => break,
-            }
         }
         while st.times.front().is_some_and(|&(seq, _)| seq < st.next) {
             st.times.pop_front();

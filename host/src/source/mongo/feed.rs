@@ -60,13 +60,9 @@ impl Feed {
     /// Sends `event` (its `seq` is set here, in its bytes too); once it and every
     /// earlier event are done, the checkpoint may move to `position`. Waits while
     /// the router is full. False when the router has stopped.
-    pub async fn send(&mut self, mut event: Event, position: impl Into<Mark>) -> bool {
-        if let Err(e) = event.set_seq(self.next_seq) {
-            // Only for bytes this host did not write: the header still has the seq.
-            tracing::error!(source = %self.source, stream = %self.label, seq = self.next_seq, "{e}; the event is sent with its old seq in its bytes");
-        }
-        let ticket = self.ticket(position.into(), event.time_ms);
-        match self.tx.send(Envelope { event: Arc::new(event), ticket }).await {
+    pub async fn send(&mut self, event: Event, position: impl Into<Mark>) -> bool {
+        let envelope = self.number(event, position.into());
+        match self.tx.send(envelope).await {
             Ok(()) => true,
             Err(undelivered) => {
                 // Dropping the ticket would count the event as done and let the
@@ -98,18 +94,24 @@ impl Feed {
                 }
                 return false;
             };
-            for (permit, (mut event, position)) in permits.zip(events.by_ref()) {
-                if let Err(e) = event.set_seq(self.next_seq) {
-                    tracing::error!(source = %self.source, stream = %self.label, seq = self.next_seq, "{e}; the event is sent with its old seq in its bytes");
-                }
-                let ticket = self.ticket(position.into(), event.time_ms);
-                permit.send(Envelope { event: Arc::new(event), ticket });
+            for (permit, (event, position)) in permits.zip(events.by_ref()) {
+                permit.send(self.number(event, position.into()));
             }
         }
     }
 
-    /// The ticket of the next event, at `position` (its seq recorded there).
-    /// The ticket of the next event, made at `time_ms` at its source (for the lag).
+    /// `event` numbered (its `seq` set, in its bytes too) with its ticket, ready to send.
+    fn number(&mut self, mut event: Event, position: Mark) -> Envelope {
+        if let Err(e) = event.set_seq(self.next_seq) {
+            // Only for bytes this host did not write: the header still has the seq.
+            tracing::error!(source = %self.source, stream = %self.label, seq = self.next_seq, "{e}; the event is sent with its old seq in its bytes");
+        }
+        let ticket = self.ticket(position, event.time_ms);
+        Envelope { event: Arc::new(event), ticket }
+    }
+
+    /// The ticket of the next event, at `position` (its seq recorded there), made
+    /// at `time_ms` at its source (for the lag).
     fn ticket(&mut self, position: Mark, time_ms: i64) -> crate::checkpoint::Ticket {
         let position = position.with_seq(self.next_seq);
         self.next_seq += 1;
